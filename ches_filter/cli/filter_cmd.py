@@ -1,0 +1,208 @@
+"""``ches filter``: drop the pairs most likely to cause likelihood displacement."""
+
+from __future__ import annotations
+
+import enum
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from ches_filter.errors import OptionError
+
+if TYPE_CHECKING:
+    from ches_filter.selection import Rule
+
+
+class ScoreBy(str, enum.Enum):
+    ln_ches = "ln_ches"
+    ches = "ches"
+    last_hidden_inner = "last_hidden_inner"
+    edit_distance = "edit_distance"
+
+
+SCORING = "Scoring a dataset first (only when the input is not a `ches score` output)"
+RULES = "Selection rule (exactly one)"
+
+
+def _rule(
+    top_k: int | None,
+    top_fraction: float | None,
+    threshold: float | None,
+    keep_lowest: float | None,
+    quantile_window: float | None,
+    n: int | None,
+    by: str,
+) -> Rule:
+    from ches_filter.selection import Rule
+
+    given = {
+        "top_k": top_k,
+        "top_fraction": top_fraction,
+        "threshold": threshold,
+        "keep_lowest": keep_lowest,
+        "quantile_window": quantile_window,
+    }
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if len(chosen) != 1:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise OptionError(
+            "pass exactly one selection rule"
+            + (f" (got {', '.join('--' + k.replace('_', '-') for k in chosen)})" if chosen else ""),
+            hint=f"one of {flags}; e.g. --keep-lowest 0.05 (the paper's recipe)",
+        )
+    (kind, value), = chosen.items()
+    if n is not None and kind != "quantile_window":
+        raise OptionError("--n only goes with --quantile-window")
+    return Rule(kind=kind, value=value, n=n, by=by)
+
+
+def filter_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SCORES_OR_DATASET",
+            help="A `ches score` output folder (no model is loaded), or a dataset to score first.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Folder for the kept pairs (Parquet shards).",
+                     show_default=False),
+    ],
+    top_k: Annotated[
+        int | None,
+        typer.Option("--top-k", min=0, help="Drop the K riskiest pairs.", rich_help_panel=RULES),
+    ] = None,
+    top_fraction: Annotated[
+        float | None,
+        typer.Option("--top-fraction", min=0.0, max=1.0, rich_help_panel=RULES,
+                     help="Drop the riskiest fraction F of ranked pairs (ceil(F·n) pairs)."),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", rich_help_panel=RULES,
+                     help="Drop pairs scoring above T (for edit_distance: below T)."),
+    ] = None,
+    keep_lowest: Annotated[
+        float | None,
+        typer.Option("--keep-lowest", min=0.0, max=1.0, rich_help_panel=RULES,
+                     help="Keep only the least risky fraction F (the paper kept 5%)."),
+    ] = None,
+    quantile_window: Annotated[
+        float | None,
+        typer.Option("--quantile-window", min=0.0, max=1.0, rich_help_panel=RULES,
+                     help="Keep the --n pairs centred on quantile Q (0 = least risky)."),
+    ] = None,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=0, rich_help_panel=RULES, help="Window size for --quantile-window."),
+    ] = None,
+    by: Annotated[
+        ScoreBy,
+        typer.Option("--by", help="The score to rank by; riskiest = highest (edit_distance: lowest)."),
+    ] = ScoreBy.ln_ches,
+    keep_unscored: Annotated[
+        bool,
+        typer.Option("--keep-unscored/--drop-unscored",
+                     help="Keep rows that have no score (identical, invalid, ...); counted either way."),
+    ] = True,
+    keep_scores: Annotated[
+        bool, typer.Option("--keep-scores", help="Append the score columns to the output.")
+    ] = False,
+    removed: Annotated[
+        Path | None,
+        typer.Option("--removed", help="Also write the removed pairs to this folder.",
+                     show_default=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace shards in non-empty output folders.")
+    ] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write report.html/.md/.json beside the output.")
+    ] = True,
+    report_top: Annotated[
+        int, typer.Option("--report-top", min=0, help="Pairs listed in the report.")
+    ] = 20,
+    rows_per_shard: Annotated[
+        int, typer.Option("--rows-per-shard", min=1, help="Rows per output Parquet shard.")
+    ] = 10_000,
+    scores_output: Annotated[
+        Path | None,
+        typer.Option("--scores-output", rich_help_panel=SCORING, show_default=False,
+                     help="Where the scores go [default: OUTPUT.scores]; filter it again for free."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", rich_help_panel=SCORING, show_default=False,
+                     help="Model to score with [default: the bundled SmolLM2-135M-Instruct]."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", rich_help_panel=SCORING, help="auto, float32, bfloat16, float16.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", rich_help_panel=SCORING, help="auto, cpu, cuda, mps ...")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", rich_help_panel=SCORING, help="Truncate prompt+response.")
+    ] = None,
+    max_batch_tokens: Annotated[
+        int | None,
+        typer.Option("--max-batch-tokens", rich_help_panel=SCORING,
+                     help="Token budget of one forward batch (padding included)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Drop the pairs most likely to cause likelihood displacement; write the rest in the
+    input's own layout and columns (with a manifest and a report)."""
+    from ches_filter.filtering import filter_dataset, filter_scores, has_score_shards
+
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+    stdout = Console(highlight=False, soft_wrap=True)
+    rule = _rule(top_k, top_fraction, threshold, keep_lowest, quantile_window, n, by.value)
+    command = shlex.join(["ches", *sys.argv[1:]])
+    scoring = {
+        "model": model, "dtype": dtype, "device": device, "max_length": max_length,
+        "max_batch_tokens": max_batch_tokens,
+    }
+    common = dict(
+        output=output, rule=rule, keep_unscored=keep_unscored, keep_scores=keep_scores,
+        removed=removed, overwrite=overwrite, report=report, report_top=report_top,
+        rows_per_shard=rows_per_shard, command=command,
+        log=lambda msg: stderr.print(msg, markup=False),
+    )
+    if has_score_shards(source):
+        given = [f"--{k.replace('_', '-')}" for k, v in scoring.items() if v is not None]
+        if scores_output is not None:
+            given.append("--scores-output")
+        if given:
+            raise OptionError(
+                f"{', '.join(given)} only apply when scoring a dataset; {source} already holds "
+                "scores, and filtering never rescores",
+                hint="drop those options (changing the rule costs seconds), or run `ches score`",
+            )
+        result = filter_scores(source, **common)
+    else:
+        target = scores_output or output.with_name(output.name + ".scores")
+        stderr.print(f"{source} has no scores: scoring it first into {target}", markup=False)
+        result = filter_dataset(source, scores_output=target, scoring=scoring,
+                                overwrite_scores=overwrite, **common)
+    c = result.counts
+    lines = [
+        f"{rule.describe()}: kept {c['kept']:,} of {c['rows']:,} rows in {result.output}",
+        f"removed {c['removed']:,} ({c['removed_by_rule']:,} by the rule, "
+        f"{c['unscored_dropped']:,} unscored dropped); unscored kept: {c['unscored_kept']:,}",
+    ]
+    cutoff = result.selection.cutoff
+    if cutoff is not None:
+        lines.append(f"cutoff {rule.by} = {cutoff:.6g}")
+    if result.removed_output is not None:
+        lines.append(f"removed pairs in {result.removed_output}")
+    if "html" in result.report_paths:
+        lines.append(f"report: {result.report_paths['html']}")
+    for line in lines:
+        stdout.print(line, markup=False)

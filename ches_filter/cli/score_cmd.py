@@ -1,0 +1,233 @@
+"""``ches score``: parse options, call :func:`ches_filter.pipeline.score_dataset`, print."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+INPUT = "Input"
+LAYOUT = "Layout"
+MODEL = "Model"
+TOKENS = "Tokenisation"
+OUTPUT = "Output"
+
+
+def score_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A jsonl/json/jsonl.gz/parquet/csv/arrow file, a folder (save_to_disk or data "
+            "files), a glob, or a hub dataset id.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", rich_help_panel=OUTPUT,
+                     help="Folder for the shards and manifest.json [default: DATASET name + .ches].",
+                     show_default=False),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", rich_help_panel=INPUT, help="Split to read.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", rich_help_panel=INPUT, help="Hub dataset configuration.")
+    ] = None,
+    revision: Annotated[
+        str | None,
+        typer.Option("--revision", rich_help_panel=INPUT, help="Hub dataset revision (branch, tag, commit)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", rich_help_panel=INPUT, help="Score only the first N rows.")
+    ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option("--sample", rich_help_panel=INPUT, help="Score a uniform random sample of N rows."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", rich_help_panel=INPUT, help="Seed for --sample.")] = 0,
+    layout: Annotated[
+        str | None,
+        typer.Option("--layout", rich_help_panel=LAYOUT,
+                     help="Force a layout: standard, conversational, prompt_in_messages, "
+                     "implicit_messages, hh_rlhf, sharegpt, alpacafarm, pku_saferlhf, shp."),
+    ] = None,
+    prompt_field: Annotated[
+        str | None,
+        typer.Option("--prompt-field", rich_help_panel=LAYOUT, help="Field holding the prompt (dotted path)."),
+    ] = None,
+    chosen_field: Annotated[
+        str | None,
+        typer.Option("--chosen-field", rich_help_panel=LAYOUT, help="Field holding the chosen response."),
+    ] = None,
+    rejected_field: Annotated[
+        str | None,
+        typer.Option("--rejected-field", rich_help_panel=LAYOUT, help="Field holding the rejected response."),
+    ] = None,
+    label_policy: Annotated[
+        str,
+        typer.Option("--label-policy", rich_help_panel=LAYOUT,
+                     help="PKU-SafeRLHF: follow better_response_id (better) or safer_response_id (safer)."),
+    ] = "better",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", rich_help_panel=MODEL, show_default=False,
+                     help="Bundled alias (smollm2-135m-instruct, gemma-3-270m), local folder, .gguf "
+                     "file or hub id [default: smollm2-135m-instruct]."),
+    ] = None,
+    model_revision: Annotated[
+        str | None, typer.Option("--model-revision", rich_help_panel=MODEL, help="Hub model revision.")
+    ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option("--dtype", rich_help_panel=MODEL,
+                     help="auto (bfloat16 on a capable GPU, float32 otherwise), float32, bfloat16, float16."),
+    ] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", rich_help_panel=MODEL, help="auto, cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option("--trust-remote-code", rich_help_panel=MODEL,
+                     help="Allow the model's own Python code from the hub (off by default)."),
+    ] = False,
+    no_chat_template: Annotated[
+        bool,
+        typer.Option("--no-chat-template", rich_help_panel=TOKENS,
+                     help="Plain text + EOS even when the tokenizer has a chat template."),
+    ] = False,
+    max_length: Annotated[
+        int | None,
+        typer.Option("--max-length", rich_help_panel=TOKENS,
+                     help="Cap prompt + response tokens; the prompt is kept whole, responses are cut."),
+    ] = None,
+    compat: Annotated[
+        str,
+        typer.Option("--compat", rich_help_panel=TOKENS,
+                     help="default, or official: reproduce the authors' per-example script."),
+    ] = "default",
+    max_batch_tokens: Annotated[
+        int,
+        typer.Option("--max-batch-tokens", rich_help_panel=MODEL,
+                     help="Token budget of one forward batch, padding included."),
+    ] = 8192,
+    rows_per_shard: Annotated[
+        int, typer.Option("--rows-per-shard", rich_help_panel=OUTPUT, help="Rows in each Parquet shard.")
+    ] = 10_000,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", rich_help_panel=OUTPUT, help="Replace an existing output.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", rich_help_panel=OUTPUT, help="No progress or summary on stderr.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", rich_help_panel=OUTPUT, help="Print the summary as JSON on stdout.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Score every pair of DATASET and write Parquet shards with CHES scores per pair."""
+    from ches_filter.pipeline import ScoreOptions, score_dataset
+
+    from .progress import ScoreProgress
+
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet)
+    stdout = Console(highlight=False, soft_wrap=True)
+    target = output or default_output(dataset)
+    options = ScoreOptions(
+        layout=layout,
+        prompt_field=prompt_field,
+        chosen_field=chosen_field,
+        rejected_field=rejected_field,
+        label_policy=label_policy,
+        use_chat_template=not no_chat_template,
+        max_length=max_length,
+        convention=compat,
+        max_batch_tokens=max_batch_tokens,
+    )
+
+    def detected(source: Any, found: Any) -> None:
+        stderr.print(f"reading {escape(source.description)}")
+        stderr.print(f"detected: {escape(found.description)}")
+
+    with ScoreProgress(stderr, enabled=not quiet) as progress:
+        result = score_dataset(
+            dataset,
+            output=target,
+            split=split,
+            config=config,
+            revision=revision,
+            limit=limit,
+            sample=sample,
+            seed=seed,
+            model=model,
+            model_revision=model_revision,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            options=options,
+            rows_per_shard=rows_per_shard,
+            overwrite=overwrite,
+            log=progress.log,
+            on_detected=detected,
+            progress=progress.update,
+            command=[shlex.join(["ches", *sys.argv[1:]])],
+        )
+    if as_json:
+        stdout.print_json(json.dumps(result.summary), highlight=False)
+    else:
+        print_summary(stderr, result.summary)
+
+
+def default_output(dataset: str) -> Path:
+    """``pairs.jsonl.gz`` -> ``pairs.ches``; ``org/name`` -> ``name.ches`` (in the current folder)."""
+    name = Path(dataset.rstrip("/")).name
+    for suffix in (".gz", ".jsonl", ".json", ".parquet", ".csv", ".arrow"):
+        name = name.removesuffix(suffix)
+    name = name.replace("*", "").strip(".-_") or "scores"
+    return Path(f"{name}.ches")
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """Counts by status, score quantiles and the five highest-ln_ches pairs, as rich tables."""
+    timing = summary.get("timing") or {}
+    console.print(
+        f"scored {summary['scored']:,} of {summary['rows']:,} rows in {timing.get('total_s', 0):.1f} s "
+        f"({timing.get('pairs_per_s') or 0:.1f} pairs/s, {timing.get('tokens_per_s') or 0:,.0f} tokens/s) "
+        f"→ {escape(summary['output'])}"
+    )
+    status = Table(title="rows by status", title_justify="left")
+    status.add_column("status")
+    status.add_column("rows", justify="right")
+    for name, count in summary["by_status"].items():
+        status.add_row(name, f"{count:,}")
+    console.print(status)
+
+    quantiles = Table(title="scores of ok pairs", title_justify="left")
+    quantiles.add_column("score", no_wrap=True)
+    columns = ["min", "p01", "p25", "median", "p75", "p99", "max", "mean"]
+    for column in columns:
+        quantiles.add_column(column, justify="right", no_wrap=True)
+    for name, values in summary["quantiles"].items():
+        row = [_fmt(values.get(c)) if values else "—" for c in columns]
+        quantiles.add_row(name, *row)
+    console.print(quantiles)
+
+    if summary["top"]:
+        top = Table(title="highest ln_ches (most likely to displace the chosen response)",
+                    title_justify="left")
+        for column, justify in (("row_id", "right"), ("ln_ches", "right"), ("prompt", "left"),
+                                ("chosen", "left"), ("rejected", "left")):
+            top.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for entry in summary["top"]:
+            top.add_row(str(entry["row_id"]), _fmt(entry["ln_ches"]), escape(entry["prompt"]),
+                        escape(entry["chosen"]), escape(entry["rejected"]))
+        console.print(top)

@@ -1,0 +1,1 @@
+"""Reading datasets (sources, layouts) and writing results (shards, manifest)."""

@@ -1,0 +1,939 @@
+"""DATASET → rows: open a local file, folder, glob or hub dataset as a stream of ``(row_id, row)``.
+
+Local files are read with the standard library (JSON) or pyarrow (Parquet, CSV, Arrow), one
+record batch or line at a time, so a dataset larger than memory streams. ``datasets`` is imported
+only for hub ids. ``row_id`` is the 0-based position of a row in the source (the files of a folder
+or glob are read in sorted order) and survives ``limit``/``sample``.
+
+Cheap checks happen in :func:`open_source` (the path exists, the format is known, the first rows
+parse), so a typo fails before any model is loaded. A malformed line further down surfaces while
+iterating, still as a :class:`~ches_filter.errors.DatasetError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ches_filter.errors import DatasetError, OptionError
+
+SUPPORTED_FORMATS = (
+    "JSON lines (.jsonl, .jsonl.gz), JSON (.json, .json.gz: an array of objects or JSON lines), "
+    "Parquet (.parquet), CSV (.csv, .csv.gz), Arrow (.arrow), a `save_to_disk` folder, "
+    "a folder or glob of such files, or a Hugging Face Hub dataset id"
+)
+_EXTENSIONS: dict[str, str] = {
+    ".jsonl.gz": "jsonl",
+    ".ndjson.gz": "jsonl",
+    ".json.gz": "json",
+    ".csv.gz": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".arrow": "arrow",
+}
+#: Rows read (and parsed) by ``open_source`` so that malformed input fails early.
+EAGER_ROWS = 100
+#: Rows Arrow infers a JSON schema from; then up to ``_NULL_SCAN_ROWS`` more for all-null columns.
+_SCHEMA_ROWS = 1000
+_NULL_SCAN_ROWS = 100_000
+_BATCH_ROWS = 1024
+_READ_CHUNK = 1 << 20
+_COUNT_BYTES_MAX = 512 << 20  # count jsonl rows for the ETA only below this size
+_MAX_JSON_OBJECT = 256 << 20
+_KNOWN_SPLITS = ("train", "validation", "valid", "dev", "test", "eval", "evaluation")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the rows come from: a local file / folder / glob, or a hub dataset id."""
+
+    dataset: str
+    split: str | None = None
+    config: str | None = None
+    revision: str | None = None
+
+
+Row = dict[str, Any]
+
+
+def _format_of(path: Path) -> str | None:
+    name = path.name.lower()
+    for ext, fmt in _EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def _unsupported(path: Path) -> DatasetError:
+    return DatasetError(
+        f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'!r}",
+        hint=f"supported: {SUPPORTED_FORMATS}",
+    )
+
+
+# --------------------------------------------------------------------------- file readers
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+    }.get(type(value), type(value).__name__)
+
+
+def _io_error(display: str, exc: BaseException, where: str = "") -> DatasetError:
+    if isinstance(exc, UnicodeDecodeError):
+        return DatasetError(f"{display}{where}: not valid UTF-8 text ({exc.reason})")
+    if isinstance(exc, (gzip.BadGzipFile, zlib.error, EOFError)):
+        return DatasetError(
+            f"{display}: not a readable gzip file ({exc or type(exc).__name__})",
+            hint="check that the download is complete, or decompress it first",
+        )
+    return DatasetError(f"{display}: cannot read ({exc})")
+
+
+_IO_ERRORS = (UnicodeDecodeError, OSError, zlib.error, EOFError)
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _jsonl_rows(path: Path, display: str) -> Iterator[Row]:
+    # Lines are split as bytes and decoded one by one, so errors carry the exact line number.
+    lineno = 0
+    try:
+        with _open_binary(path) as handle:
+            for lineno, raw in enumerate(handle, 1):
+                line = raw.decode("utf-8")
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")  # a UTF-8 byte order mark
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(
+                        f"{display} line {lineno}: invalid JSON ({exc.msg})",
+                        hint="every line of a JSON lines file must be one complete JSON object",
+                    ) from None
+                if not isinstance(value, dict):
+                    raise DatasetError(
+                        f"{display} line {lineno}: expected a JSON object, found {_json_type(value)}",
+                        hint="every line of a JSON lines file must be one JSON object (a row)",
+                    )
+                yield value
+    except _IO_ERRORS as exc:
+        raise _io_error(display, exc, f" line {lineno}") from None
+
+
+class _JsonBuffer:
+    """A sliding text window over a file for incremental ``raw_decode`` with line numbers."""
+
+    def __init__(self, handle: io.TextIOBase) -> None:
+        self.handle = handle
+        self.text = ""
+        self.pos = 0
+        self.line_base = 1  # line number of text[0]
+        self.eof = False
+
+    def more(self, size: int = _READ_CHUNK) -> None:
+        chunk = self.handle.read(size)
+        if not chunk:
+            self.eof = True
+            return
+        self.line_base += self.text.count("\n", 0, self.pos)
+        self.text = self.text[self.pos :] + chunk
+        self.pos = 0
+
+    def peek_char(self) -> str:
+        """Skip whitespace; the next character, or "" at the end of the file."""
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if self.eof:
+                return ""
+            self.more()
+
+    def line_at(self, pos: int) -> int:
+        return self.line_base + self.text.count("\n", 0, pos)
+
+
+def _json_array_rows(handle: io.TextIOBase, display: str) -> Iterator[Row]:
+    """Stream the objects of a top-level JSON array, one at a time (memory: one object)."""
+    decoder = json.JSONDecoder()
+    buf = _JsonBuffer(handle)
+
+    def fail(pos: int, what: str) -> DatasetError:
+        return DatasetError(
+            f"{display} line {buf.line_at(pos)}: invalid JSON ({what})",
+            hint="a .json file must hold an array of objects, or one JSON object per line",
+        )
+
+    if buf.peek_char() != "[":
+        raise fail(buf.pos, "expected '['")
+    buf.pos += 1
+    index = 0
+    while True:
+        char = buf.peek_char()
+        if char == "]" and index == 0:
+            buf.pos += 1
+            break
+        if char == "":
+            raise fail(buf.pos, "unexpected end of file inside the array")
+        size = _READ_CHUNK
+        while True:
+            try:
+                value, end = decoder.raw_decode(buf.text, buf.pos)
+                # A number or literal that touches the end of the window may be cut short.
+                if end < len(buf.text) or buf.eof or isinstance(value, (dict, list, str)):
+                    break
+            except json.JSONDecodeError as exc:
+                if buf.eof or len(buf.text) - buf.pos > _MAX_JSON_OBJECT:
+                    raise fail(exc.pos, exc.msg) from None
+            buf.more(size)  # an element cut by the window's end: read more and decode again
+            size *= 2
+        if not isinstance(value, dict):
+            raise DatasetError(
+                f"{display} line {buf.line_at(buf.pos)}: array element {index} is "
+                f"{_json_type(value)}, expected a JSON object",
+                hint="each element of the array must be one row (a JSON object)",
+            )
+        buf.pos = end
+        yield value
+        index += 1
+        char = buf.peek_char()
+        if char == ",":
+            buf.pos += 1
+        elif char == "]":
+            buf.pos += 1
+            break
+        else:
+            raise fail(buf.pos, "expected ',' or ']' after an array element")
+    if buf.peek_char() != "":
+        raise fail(buf.pos, "extra data after the closing ']'")
+
+
+def _json_rows(path: Path, display: str) -> Iterator[Row]:
+    """A ``.json`` file: a top-level array of objects, or JSON lines."""
+    try:
+        with _open_text(path) as handle:
+            first = ""
+            while not first.strip():
+                first = handle.read(1)
+                if first == "":
+                    return  # an empty file: no rows
+            if first == "[":
+                rest = _json_array_rows(_Prepend(first, handle), display)
+                yield from rest
+                return
+    except _IO_ERRORS as exc:
+        raise _io_error(display, exc) from None
+    # Not an array: JSON lines, unless the first line is only the start of one big object.
+    with _open_text(path) as handle:
+        line = ""
+        try:
+            for line in handle:
+                if line.strip():
+                    break
+        except _IO_ERRORS as exc:
+            raise _io_error(display, exc) from None
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        if line.strip() == "{":
+            raise DatasetError(
+                f"{display}: the file holds one JSON object, not rows",
+                hint="a .json file must hold an array of objects, or one JSON object per line",
+            ) from None
+    yield from _jsonl_rows(path, display)
+
+
+class _Prepend(io.TextIOBase):
+    """A text handle with a few characters pushed back in front."""
+
+    def __init__(self, head: str, handle: io.TextIOBase) -> None:
+        self.head = head
+        self.handle = handle
+
+    def read(self, size: int | None = -1) -> str:
+        head, self.head = self.head, ""
+        if size is None or size < 0:
+            return head + self.handle.read()
+        return head + self.handle.read(max(size - len(head), 0))
+
+
+def _parquet_rows(path: Path, display: str) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as reader:
+            for batch in reader.iter_batches(batch_size=_BATCH_ROWS):
+                yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{display}: not a readable Parquet file ({exc})") from None
+
+
+def _parquet_schema(path: Path, display: str) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as reader:
+            return reader.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{display}: not a readable Parquet file ({exc})") from None
+
+
+def _ipc_batches(source: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Schema and batches of Arrow IPC data: the stream format (``datasets``' files) or the file
+    format; raises ``pa.ArrowInvalid`` if it is neither."""
+    try:
+        stream = pa.ipc.open_stream(source)
+        return stream.schema, iter(stream)
+    except pa.ArrowInvalid:
+        source.seek(0)
+    reader = pa.ipc.open_file(source)
+    return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+
+
+def _arrow_rows(path: Path, display: str) -> Iterator[Row]:
+    try:
+        with pa.memory_map(str(path)) as source:
+            _, batches = _ipc_batches(source)
+            for batch in batches:
+                for offset in range(0, batch.num_rows, _BATCH_ROWS):
+                    yield from batch.slice(offset, _BATCH_ROWS).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{display}: not a readable Arrow file ({exc})") from None
+
+
+def _arrow_schema(path: Path, display: str) -> pa.Schema:
+    try:
+        with pa.memory_map(str(path)) as source:
+            return _ipc_batches(source)[0]
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{display}: not a readable Arrow file ({exc})") from None
+
+
+def _csv_batches(
+    path: Path, display: str, column_types: dict[str, pa.DataType] | None
+) -> Iterator[pa.RecordBatch | pa.Schema]:
+    """First the schema Arrow infers (from the first block), then the record batches."""
+    import pyarrow.csv as pacsv
+
+    started = False
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=_READ_CHUNK),
+                convert_options=pacsv.ConvertOptions(column_types=column_types or {}),
+            )
+            yield reader.schema
+            started = True
+            yield from reader
+    except (pa.ArrowException, OSError) as exc:
+        if not started:
+            raise DatasetError(f"{display}: not a readable CSV file ({exc})") from None
+        raise DatasetError(
+            f"{display}: cannot read CSV past the first rows ({exc})",
+            hint="a column probably changes type further down (e.g. numbers, then text); "
+            "convert the file to JSON lines or Parquet",
+        ) from None
+
+
+def _csv_schema(path: Path, display: str) -> pa.Schema:
+    # Arrow infers CSV types from the first block (1 MiB). A column that is empty there would be
+    # typed null and break on the first value further down, so it is read as strings instead.
+    batches = _csv_batches(path, display, None)
+    try:
+        schema = next(batches)
+    finally:
+        batches.close()
+    assert isinstance(schema, pa.Schema)
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+
+
+def _csv_rows(path: Path, display: str, schema: pa.Schema) -> Iterator[Row]:
+    batches = _csv_batches(path, display, {f.name: f.type for f in schema})
+    next(batches)  # the schema: the one given
+    for batch in batches:
+        assert isinstance(batch, pa.RecordBatch)
+        yield from batch.to_pylist()
+
+
+# --------------------------------------------------------------------------- schema inference
+
+
+def _replace_null(dtype: pa.DataType) -> pa.DataType:
+    """``null`` (also nested: ``list<null>``, struct fields) → ``string``."""
+    if pa.types.is_null(dtype):
+        return pa.string()
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        item = _replace_null(dtype.value_type)
+        return pa.large_list(item) if pa.types.is_large_list(dtype) else pa.list_(item)
+    if pa.types.is_struct(dtype):
+        return pa.struct(
+            [
+                dtype.field(i).with_type(_replace_null(dtype.field(i).type))
+                for i in range(dtype.num_fields)
+            ]
+        )
+    return dtype
+
+
+def _has_null(dtype: pa.DataType) -> bool:
+    return _replace_null(dtype) != dtype
+
+
+def _chunk_schema(rows: list[Row], names: list[str], display: str) -> pa.Schema:
+    fields = []
+    for name in names:
+        try:
+            array = pa.array([row.get(name) for row in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise DatasetError(
+                f"{display}: column {name!r} mixes value types ({exc})",
+                hint="ches writes the original columns back with one type per column; "
+                "convert that column to a single type first",
+            ) from None
+        fields.append(pa.field(name, array.type))
+    return pa.schema(fields)
+
+
+def _unify(schemas: list[pa.Schema], display: str) -> pa.Schema:
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DatasetError(
+            f"{display}: a column changes type between rows or files ({exc})",
+            hint="ches writes the original columns back with one type per column",
+        ) from None
+
+
+def _infer_json_schema(rows: Iterator[Row], display: str) -> pa.Schema:
+    """An explicit Arrow schema for schemaless (JSON, hub) rows.
+
+    Arrow infers each column's type from the first ``_SCHEMA_ROWS`` rows (columns in order of
+    first appearance; int and float widen to float). A column that is all-null there (or has a
+    null-typed part, e.g. only empty lists) is re-inferred from up to ``_NULL_SCAN_ROWS`` more
+    rows, unified permissively; what is still null after that is typed ``string``, the usual type
+    of the fields of preference data. A later value of another type fails when written back.
+    """
+    first = list(islice(rows, _SCHEMA_ROWS))
+    names: dict[str, None] = {}
+    for row in first:
+        names.update(dict.fromkeys(row))
+    schema = _chunk_schema(first, list(names), display)
+    pending = [f.name for f in schema if _has_null(f.type)]
+    scanned = 0
+    while pending and scanned < _NULL_SCAN_ROWS:
+        chunk = list(islice(rows, _SCHEMA_ROWS))
+        if not chunk:
+            break
+        scanned += len(chunk)
+        extra = _chunk_schema(chunk, pending, display)
+        merged = _unify([pa.schema([schema.field(n) for n in pending]), extra], display)
+        for name in pending:
+            schema = schema.set(schema.get_field_index(name), merged.field(name))
+        pending = [n for n in pending if _has_null(schema.field(n).type)]
+    return pa.schema([f.with_type(_replace_null(f.type)) for f in schema])
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class RowSource:
+    """A re-iterable stream of ``(row_id, row)`` in source order (see :func:`open_source`)."""
+
+    spec: SourceSpec
+    description: str
+    split: str
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        description: str,
+        split: str,
+        limit: int | None = None,
+        sample: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.description = description
+        self.split = split
+        self.limit = limit
+        self.sample = sample
+        self.seed = seed
+        self._schema: pa.Schema | None = None
+        self._fingerprint: str | None = None
+
+    # Subclasses provide the raw rows (every row, in order) and optionally a stored schema.
+    def _rows(self) -> Iterator[Row]:
+        raise NotImplementedError
+
+    def _stored_schema(self) -> pa.Schema | None:
+        return None
+
+    def _compute_fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _limited(self) -> Iterator[Row]:
+        rows = self._rows()
+        return rows if self.limit is None else islice(rows, self.limit)
+
+    def columns(self) -> list[str]:
+        """The original column names, in order."""
+        return list(self.arrow_schema().names)
+
+    def arrow_schema(self) -> pa.Schema:
+        """An explicit Arrow schema of the original columns, the same for the whole stream."""
+        if self._schema is None:
+            stored = self._stored_schema()
+            self._schema = (
+                stored if stored is not None else _infer_json_schema(self._rows(), self.description)
+            )
+        return self._schema
+
+    def peek(self, n: int) -> list[Row]:
+        """The first ``n`` rows (after ``limit``, before ``sample``), without consuming anything."""
+        return list(islice(self._limited(), n))
+
+    def fingerprint(self) -> str:
+        """A stable hex digest of the input (file names, sizes and contents; or the hub id)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _stored_count(self) -> int | None:
+        return None
+
+    def count(self) -> int | None:
+        """How many rows iteration yields, when it is cheap to know (for progress and ETA)."""
+        total = self._stored_count()
+        if total is not None and self.limit is not None:
+            total = min(total, self.limit)
+        elif total is None and self.limit is not None and self.sample is None:
+            return None
+        if self.sample is not None:
+            return self.sample if total is None else min(total, self.sample)
+        return total
+
+    def __iter__(self) -> Iterator[tuple[int, Row]]:
+        numbered = enumerate(self._limited())
+        if self.sample is None:
+            return numbered
+        return iter(reservoir_sample(numbered, self.sample, self.seed))
+
+
+def reservoir_sample(items: Iterator[tuple[int, Row]], n: int, seed: int) -> list[tuple[int, Row]]:
+    """A uniform sample of ``n`` items in one pass (Algorithm R), returned in source order."""
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, Row]] = []
+    for seen, item in enumerate(items):
+        if seen < n:
+            reservoir.append(item)
+        else:
+            slot = rng.randrange(seen + 1)
+            if slot < n:
+                reservoir[slot] = item
+    reservoir.sort(key=lambda item: item[0])
+    return reservoir
+
+
+class _LocalSource(RowSource):
+    """One or more local files of one format, read in order."""
+
+    def __init__(
+        self, spec: SourceSpec, files: list[Path], fmt: str, root: Path, **kwargs: Any
+    ) -> None:
+        super().__init__(spec, **kwargs)
+        self.files = files
+        self.fmt = fmt
+        self.root = root
+
+    def _display(self, path: Path) -> str:
+        return path.name if len(self.files) == 1 else _relative(path, self.root)
+
+    def _stored_schema(self) -> pa.Schema | None:
+        if self.fmt in ("json", "jsonl"):
+            return None
+        reader = {"parquet": _parquet_schema, "arrow": _arrow_schema, "csv": _csv_schema}[self.fmt]
+        schemas = [reader(path, self._display(path)) for path in self.files[:1]]
+        names = schemas[0].names
+        if self.fmt == "csv":
+            return schemas[0]  # the first file's types are imposed on the others when read
+        for path in self.files[1:]:
+            schema = reader(path, self._display(path))
+            if sorted(schema.names) != sorted(names):
+                raise DatasetError(
+                    f"{self._display(path)} has columns {schema.names}, "
+                    f"but {self._display(self.files[0])} has {names}",
+                    hint="all files of a dataset must have the same columns",
+                )
+            schemas.append(pa.schema([schema.field(name) for name in names]))
+        unified = _unify([s.remove_metadata() for s in schemas], self.description)
+        return unified.with_metadata(schemas[0].metadata) if len(schemas) == 1 else unified
+
+    def _stored_count(self) -> int | None:
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
+        if self.fmt != "jsonl" or sum(p.stat().st_size for p in self.files) > _COUNT_BYTES_MAX:
+            return None
+        lines = 0
+        for path in self.files:
+            with _open_binary(path) as handle:
+                for line in handle:
+                    lines += bool(line.strip())
+        return lines
+
+    def _rows(self) -> Iterator[Row]:
+        csv_schema = self.arrow_schema() if self.fmt == "csv" else None
+        for path in self.files:
+            display = self._display(path)
+            if self.fmt == "jsonl":
+                yield from _jsonl_rows(path, display)
+            elif self.fmt == "json":
+                yield from _json_rows(path, display)
+            elif self.fmt == "parquet":
+                yield from _parquet_rows(path, display)
+            elif self.fmt == "arrow":
+                yield from _arrow_rows(path, display)
+            else:
+                assert csv_schema is not None
+                yield from _csv_rows(path, display, csv_schema)
+
+    def _compute_fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in self.files:
+            content = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(_READ_CHUNK):
+                    content.update(block)
+            name = _relative(path, self.root)
+            digest.update(f"{name}\0{path.stat().st_size}\0{content.hexdigest()}\n".encode())
+        return digest.hexdigest()
+
+
+class _HubSource(RowSource):
+    def __init__(self, spec: SourceSpec, dataset: Any, **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        self.dataset = dataset
+
+    def _stored_schema(self) -> pa.Schema | None:
+        features = getattr(self.dataset, "features", None)
+        return None if features is None else features.arrow_schema
+
+    def _stored_count(self) -> int | None:
+        splits = getattr(getattr(self.dataset, "info", None), "splits", None) or {}
+        info = splits.get(self.split) if hasattr(splits, "get") else None
+        return getattr(info, "num_examples", None) or None
+
+    def _rows(self) -> Iterator[Row]:
+        position = 0
+        try:
+            for position, row in enumerate(self.dataset):  # noqa: B007 - read in the except
+                yield row
+        except Exception as exc:  # a network or decoding failure deep in the stream
+            raise DatasetError(
+                f"{self.description}: reading failed near row {position} "
+                f"({type(exc).__name__}: {_first_line(exc)})"
+            ) from None
+
+    def _compute_fingerprint(self) -> str:
+        key = {
+            "hub": self.spec.dataset,
+            "config": self.spec.config,
+            "split": self.split,
+            "revision": self.spec.revision,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- open_source
+
+
+def _split_of(path: Path, root: Path) -> str | None:
+    """The split a data file belongs to by its name, Hub-style (``train-00000-of-00002``)."""
+    parts = path.relative_to(root).parts
+    for part in parts:
+        lowered = part.lower()
+        for split in _KNOWN_SPLITS:
+            if lowered == split or re.match(rf"{split}([-_.]|$)", lowered):
+                return split
+    return None
+
+
+def _pick_split(
+    groups: dict[str, list[Path]], wanted: str | None, where: str
+) -> tuple[str | None, list[Path]]:
+    if len(groups) == 1:
+        name, files = next(iter(groups.items()))
+        if name == "":  # files not named after a split: they are whichever split was asked for
+            return wanted, files
+        if wanted is None or wanted == name:
+            return name, files
+    if wanted is not None:
+        if wanted not in groups:  # also: the only split is another one
+            raise DatasetError(
+                f"{where} has no split {wanted!r}; splits found: {', '.join(sorted(groups))}",
+                hint="pass one of those with --split",
+            )
+        return wanted, groups[wanted]
+    if "train" in groups:
+        return "train", groups["train"]
+    raise DatasetError(
+        f"{where} holds several splits ({', '.join(sorted(groups))})",
+        hint="choose one with --split",
+    )
+
+
+def _one_format(files: list[Path], where: str) -> str:
+    formats = {_format_of(path) for path in files}
+    if None in formats:
+        bad = next(path for path in files if _format_of(path) is None)
+        raise _unsupported(bad)
+    if len(formats) > 1:
+        raise DatasetError(
+            f"{where} mixes file formats ({', '.join(sorted(f for f in formats if f))})",
+            hint="point at files of one format, e.g. with a glob such as 'data/*.parquet'",
+        )
+    return formats.pop()  # type: ignore[return-value]
+
+
+def _save_to_disk_source(folder: Path, spec: SourceSpec, **kwargs: Any) -> RowSource:
+    """A folder written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``)."""
+    split = spec.split
+    if (folder / "dataset_dict.json").exists():
+        try:
+            splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{folder}/dataset_dict.json: unreadable ({exc})") from None
+        split, _ = _pick_split({s: [] for s in splits}, spec.split, str(folder))
+        folder = folder / str(split)
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        files = [folder / entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(
+            f"{folder}: not a readable save_to_disk folder (state.json: {exc})",
+            hint="a `datasets` save_to_disk folder has state.json and data-*.arrow files",
+        ) from None
+    for path in files:
+        if not path.is_file():
+            raise DatasetError(f"{folder}: data file {path.name} listed in state.json is missing")
+    name = f"{spec.dataset} (save_to_disk" + (f", split {split})" if split else ")")
+    return _LocalSource(
+        spec, files, "arrow", folder, description=name, split=split or "train", **kwargs
+    )
+
+
+def _data_files_under(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+        for filename in filenames:
+            path = Path(dirpath) / filename
+            if not filename.startswith((".", "_")) and _format_of(path) is not None:
+                found.append(path)
+    return sorted(found)
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob's file names are relative to: its parts before the first wildcard."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    static = []
+    for part in parts:
+        if _GLOB_CHARS.search(part):
+            break
+        static.append(part)
+    return Path(*static) if static else Path(".")
+
+
+def _local_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
+    text = spec.dataset
+    if _GLOB_CHARS.search(text):
+        matches = sorted(Path(p) for p in globlib.glob(os.path.expanduser(text), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise DatasetError(
+                f"no files match the glob {text!r}",
+                hint="check the pattern; quote it so the shell does not expand it",
+            )
+        root = _glob_root(text)
+        fmt = _one_format(files, f"glob {text!r}")
+        desc = f"{text} ({len(files)} {fmt} file{'s' if len(files) != 1 else ''})"
+        return _LocalSource(
+            spec, files, fmt, root, description=desc, split=spec.split or "train", **kwargs
+        )
+    path = Path(os.path.expanduser(text))
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return _save_to_disk_source(path, spec, **kwargs)
+        files = _data_files_under(path)
+        if not files:
+            raise DatasetError(
+                f"no data files under {path}",
+                hint=f"supported: {SUPPORTED_FORMATS}",
+            )
+        groups: dict[str, list[Path]] = {}
+        for file in files:
+            groups.setdefault(_split_of(file, path) or "", []).append(file)
+        if len(groups) > 1 and "" in groups:  # unnamed files next to split files: keep them all
+            groups = {"": files}
+        split, files = _pick_split(groups, spec.split, str(path))
+        fmt = _one_format(files, str(path))
+        desc = f"{text} ({len(files)} {fmt} file{'s' if len(files) != 1 else ''}" + (
+            f", split {split})" if split else ")"
+        )
+        return _LocalSource(
+            spec, files, fmt, path, description=desc, split=split or "train", **kwargs
+        )
+    fmt = _format_of(path)
+    if fmt is None:
+        raise _unsupported(path)
+    return _LocalSource(
+        spec,
+        [path],
+        fmt,
+        path.parent,
+        description=f"{path.name} ({fmt})",
+        split=spec.split or "train",
+        **kwargs,
+    )
+
+
+def _looks_local(text: str) -> bool:
+    if text.startswith((".", "/", "~", "\\")) or _GLOB_CHARS.search(text):
+        return True
+    if text.count("/") > 1 or not _HUB_ID.match(text):
+        return True
+    return _format_of(Path(text)) is not None
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - datasets depends on huggingface_hub
+        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
+    import datasets
+
+    name = spec.dataset
+    try:
+        loaded = datasets.load_dataset(
+            name,
+            name=spec.config,
+            split=spec.split,
+            revision=spec.revision,
+            streaming=True,
+        )
+    except Exception as exc:  # datasets raises many kinds; all mean "can't open this id"
+        if _hub_offline():
+            raise DatasetError(
+                f"{name!r} is not a local path and could not be reached offline "
+                "(HF_HUB_OFFLINE is set and it is not in the local cache)",
+                hint="check the path; or run once online so the dataset is cached; "
+                "or unset HF_HUB_OFFLINE",
+            ) from None
+        raise DatasetError(
+            f"{name!r} is not a local path, and the Hub dataset could not be opened "
+            f"({type(exc).__name__}: {_first_line(exc)})",
+            hint="check the path or the dataset id, --config, --split and --revision",
+        ) from None
+    split = spec.split
+    if isinstance(loaded, (datasets.IterableDatasetDict, datasets.DatasetDict)):
+        groups = {str(s): [] for s in loaded}
+        split, _ = _pick_split(groups, spec.split, f"hub dataset {name}")
+        loaded = loaded[split]
+    details = ", ".join(
+        f"{key} {value}"
+        for key, value in (("config", spec.config), ("split", split), ("revision", spec.revision))
+        if value
+    )
+    desc = f"hub dataset {name}" + (f" ({details})" if details else "")
+    return _HubSource(spec, loaded, description=desc, split=split or "train", **kwargs)
+
+
+def open_source(
+    spec: SourceSpec, *, limit: int | None = None, sample: int | None = None, seed: int = 0
+) -> RowSource:
+    """Open ``spec`` and check its first rows; the returned source can be iterated many times.
+
+    ``limit`` keeps the first N rows; ``sample`` keeps a uniform random sample of N rows (of the
+    first ``limit`` when both are given; reservoir sampling, memory for N rows), yielded in
+    source order with their original ``row_id``. The same ``seed`` gives the same sample.
+    """
+    if limit is not None and limit < 0:
+        raise OptionError(f"--limit must be 0 or more, not {limit}")
+    if sample is not None and sample < 0:
+        raise OptionError(f"--sample must be 0 or more, not {sample}")
+    options = {"limit": limit, "sample": sample, "seed": seed}
+    text = spec.dataset
+    if not text.strip():
+        raise DatasetError("no dataset given", hint="pass a file, folder, glob or hub dataset id")
+    path = Path(os.path.expanduser(text))
+    if path.exists() or _GLOB_CHARS.search(text):
+        source = _local_source(spec, **options)
+    elif _looks_local(text):
+        raise DatasetError(
+            f"no such file or folder: {text}",
+            hint="check the path (relative paths start from the current folder)",
+        )
+    else:
+        source = _hub_source(spec, **options)
+    source.peek(EAGER_ROWS)  # parse the first rows now: bad input fails before a model loads
+    return source

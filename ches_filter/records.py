@@ -1,0 +1,143 @@
+"""The small record types that flow through the pipeline.
+
+source row (dict) --layouts--> PreferencePair | RowProblem
+PreferencePair --tokenization--> TokenizedPair | RowProblem
+TokenizedPair --model.runner--> PairSums --scores--> PairScores
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(str, enum.Enum):
+    """Why a row has (or lacks) scores. Every input row gets exactly one."""
+
+    OK = "ok"
+    IDENTICAL = "identical"  # chosen == rejected (as text or as token ids): ches is 0 by definition
+    TRUNCATED_IDENTICAL = "truncated_identical"  # responses differ only past --max-length
+    EMPTY_RESPONSE = "empty_response"  # null, empty or whitespace-only response
+    INVALID_FIELD = "invalid_field"  # a field is missing, null or of the wrong type
+    AMBIGUOUS_PROMPT = "ambiguous_prompt"  # implicit prompt: chosen/rejected differ before the last turn
+    CONTRADICTORY_LABEL = "contradictory_label"  # labels that pick no side, or both
+    PROMPT_MISMATCH = "prompt_mismatch"  # prompt ids are not a prefix of the full rendering's ids
+    PROMPT_TOO_LONG = "prompt_too_long"  # the prompt alone fills --max-length
+    EMPTY_PROMPT = "empty_prompt"  # no prompt tokens at all (the spec needs P >= 1)
+
+    def __str__(self) -> str:  # so f-strings print "ok", not "Status.OK"
+        return self.value
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference pair, normalised from any layout.
+
+    Two renderings travel together because the tokenizer decides which one is used:
+    ``prompt`` + ``chosen``/``rejected`` (messages) for chat templates, and ``prompt_text`` +
+    ``chosen_text``/``rejected_text`` (plain text, concatenated as is) for tokenizers without one.
+    """
+
+    row_id: int
+    prompt: tuple[Turn, ...]
+    chosen: str
+    rejected: str
+    prompt_text: str
+    chosen_text: str
+    rejected_text: str
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A row that can't be scored: kept in the output with this status and reason."""
+
+    row_id: int
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True)
+class SequenceSpan:
+    """One model input and the positions whose hidden states are summed: ``[start, end)``."""
+
+    ids: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def n_summed(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Token ids ready for the model.
+
+    ``chosen``/``rejected`` are full sequences (prompt ⊕ response). ``prompt_len`` is P.
+    ``chosen_response``/``rejected_response`` are the response ids used for edit distance.
+    ``identical`` pairs never reach the model.
+    """
+
+    row_id: int
+    prompt_len: int
+    chosen: SequenceSpan
+    rejected: SequenceSpan
+    chosen_response: tuple[int, ...]
+    rejected_response: tuple[int, ...]
+    truncated: bool = False
+    truncation_collapsed: bool = False  # the responses differed, but not within --max-length
+
+    @property
+    def identical(self) -> bool:
+        return self.chosen.ids == self.rejected.ids and (
+            (self.chosen.start, self.chosen.end) == (self.rejected.start, self.rejected.end)
+        )
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.chosen.ids) + len(self.rejected.ids)
+
+
+@dataclass
+class PairSums:
+    """What the model contributes to a pair, in float64 on the host.
+
+    ``sum_chosen``/``sum_rejected`` are S+ and S- (sums of last-layer hidden states over the
+    summed span); ``last_chosen``/``last_rejected`` are the hidden states at each sequence's final
+    position.
+    """
+
+    row_id: int
+    sum_chosen: np.ndarray
+    sum_rejected: np.ndarray
+    last_chosen: np.ndarray
+    last_rejected: np.ndarray
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """The per-pair score columns (see docs/scores.md). ``None`` where meaningless."""
+
+    row_id: int
+    status: Status
+    reason: str | None = None
+    ches: float | None = None
+    ln_ches: float | None = None
+    last_hidden_inner: float | None = None
+    edit_distance: float | None = None
+    dot_chosen_rejected: float | None = None
+    sq_norm_chosen: float | None = None
+    sq_norm_rejected: float | None = None
+    prompt_tokens: int | None = None
+    chosen_tokens: int | None = None
+    rejected_tokens: int | None = None
+    truncated: bool | None = None
+    extras: dict[str, object] = field(default_factory=dict)

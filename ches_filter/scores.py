@@ -1,0 +1,89 @@
+"""The score formulas of ../shared/spec/ches.md, in float64, on already-summed hidden states.
+
+Nothing here touches a model: the runner supplies S+, S- and the final hidden states, this
+module turns them into numbers. Inner products are taken in float64 and ``ches`` is computed as
+``<S+, S- - S+>`` rather than ``<S+, S-> - ||S+||²``, which limits cancellation between two
+large, nearly equal terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from .records import PairScores, PairSums, Status, TokenizedPair
+
+
+def _f64(vector: np.ndarray) -> np.ndarray:
+    return np.asarray(vector, dtype=np.float64)
+
+
+def ches(sum_chosen: np.ndarray, sum_rejected: np.ndarray) -> float:
+    """CHES = <S+, S-> - ||S+||², computed as <S+, S- - S+>."""
+    s_plus, s_minus = _f64(sum_chosen), _f64(sum_rejected)
+    return float(np.dot(s_plus, s_minus - s_plus))
+
+
+def ln_ches(sum_chosen: np.ndarray, sum_rejected: np.ndarray, n_chosen: int, n_rejected: int) -> float:
+    """Length-normalised CHES = <S+/n+, S-/n-> - ||S+/n+||² = <S+/n+, S-/n- - S+/n+>."""
+    mean_plus = _f64(sum_chosen) / n_chosen
+    mean_minus = _f64(sum_rejected) / n_rejected
+    return float(np.dot(mean_plus, mean_minus - mean_plus))
+
+
+def last_hidden_inner(last_chosen: np.ndarray, last_rejected: np.ndarray) -> float:
+    """<h+_last, h-_last>: inner product of the hidden states at each sequence's final position."""
+    return float(np.dot(_f64(last_chosen), _f64(last_rejected)))
+
+
+def edit_distance(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> float:
+    """Levenshtein distance between the response id sequences, divided by the longer length."""
+    longest = max(len(chosen_ids), len(rejected_ids))
+    if longest == 0:
+        return 0.0
+    return Levenshtein.distance(list(chosen_ids), list(rejected_ids)) / longest
+
+
+def score_pair(tokenized: TokenizedPair, sums: PairSums) -> PairScores:
+    """All score columns for one pair whose hidden states went through the model."""
+    s_plus, s_minus = _f64(sums.sum_chosen), _f64(sums.sum_rejected)
+    n_plus, n_minus = tokenized.chosen.n_summed, tokenized.rejected.n_summed
+    return PairScores(
+        row_id=tokenized.row_id,
+        status=Status.OK,
+        ches=ches(s_plus, s_minus),
+        ln_ches=ln_ches(s_plus, s_minus, n_plus, n_minus),
+        last_hidden_inner=last_hidden_inner(sums.last_chosen, sums.last_rejected),
+        edit_distance=edit_distance(tokenized.chosen_response, tokenized.rejected_response),
+        dot_chosen_rejected=float(np.dot(s_plus, s_minus)),
+        sq_norm_chosen=float(np.dot(s_plus, s_plus)),
+        sq_norm_rejected=float(np.dot(s_minus, s_minus)),
+        prompt_tokens=tokenized.prompt_len,
+        chosen_tokens=n_plus,
+        rejected_tokens=n_minus,
+        truncated=tokenized.truncated,
+    )
+
+
+def score_identical(tokenized: TokenizedPair, *, status: Status, reason: str) -> PairScores:
+    """Scores of a degenerate pair whose two sequences are the same: no forward pass needed.
+
+    CHES and ln-CHES are 0 exactly and the edit distance is 0; they are recorded so that nothing
+    downstream has to special-case them, and the status flags the pair as degenerate so it is
+    never ranked as if it were informative.
+    """
+    return PairScores(
+        row_id=tokenized.row_id,
+        status=status,
+        reason=reason,
+        ches=0.0,
+        ln_ches=0.0,
+        last_hidden_inner=None,
+        edit_distance=0.0,
+        prompt_tokens=tokenized.prompt_len,
+        chosen_tokens=tokenized.chosen.n_summed,
+        rejected_tokens=tokenized.rejected.n_summed,
+        truncated=tokenized.truncated,
+    )

@@ -1,0 +1,256 @@
+"""From a PreferencePair to model inputs, exactly as ../shared/spec/ches.md defines them.
+
+Default convention (Definition 2 with the response as a trainer feeds it):
+
+* chat template (when the tokenizer has one and ``use_chat_template``): the prompt is the
+  template applied to the prompt messages with ``add_generation_prompt=True``; the response is
+  the rest of the rendering of prompt + assistant message (the suffix after the prompt
+  rendering, end-of-turn tokens included), tokenised without adding special tokens.
+* plain text otherwise: ``prompt_text`` tokenised with the tokenizer's special tokens (BOS),
+  the response ``chosen_text``/``rejected_text`` tokenised without them, followed by EOS.
+
+The model input is ``p ⊕ r``, built by concatenating ids. As a check, the full rendering is
+also tokenised in one piece; if the prompt ids are not its prefix (a BPE merge across the
+boundary, or a template that renders the prompt differently once a reply follows) the row gets
+``prompt_mismatch`` rather than a score computed on tokens a trainer would not see.
+
+Hidden states summed: positions ``P-1 … P+n-2`` (``SequenceSpan(start=P-1, end=P+n-1)``).
+
+Truncation (``max_length``): the prompt is never cut (CHES is conditioned on it); each response
+is cut at the right so that ``P + n <= max_length``. A prompt with ``P >= max_length`` leaves no
+room and gets ``prompt_too_long``; responses equal after the cut get ``truncated_identical``.
+
+``convention="official"`` reproduces the authors' per-example script instead: strings
+``query + response`` without EOS, query and full text tokenised separately and each truncated
+at ``max_length`` (512 by default there), prompt length from the query, and hidden states
+summed from ``query_len - 1`` through the final position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import ModelError, OptionError
+from .records import PreferencePair, RowProblem, SequenceSpan, Status, TokenizedPair
+
+Convention = Literal["default", "official"]
+OFFICIAL_MAX_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class TokenizationOptions:
+    use_chat_template: bool = True
+    max_length: int | None = None
+    convention: Convention = "default"
+
+    def __post_init__(self) -> None:
+        if self.convention not in ("default", "official"):
+            raise OptionError(f"--compat must be 'default' or 'official', not {self.convention!r}")
+        if self.max_length is not None and self.max_length < 2:
+            raise OptionError("--max-length must be at least 2 (one prompt and one response token)")
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def chat_template_fingerprint(tokenizer: Any) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    text = template if isinstance(template, str) else repr(template)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PairTokenizer:
+    """Turns PreferencePairs into TokenizedPairs (or RowProblems) for one tokenizer."""
+
+    def __init__(self, tokenizer: Any, options: TokenizationOptions | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.options = options or TokenizationOptions()
+        self.uses_chat_template = bool(self.options.use_chat_template and tokenizer.chat_template)
+        self.eos_id = tokenizer.eos_token_id
+        if not self.uses_chat_template and self.options.convention == "default" and self.eos_id is None:
+            raise ModelError("the tokenizer has no EOS token, which plain-text scoring appends")
+        if self.options.convention == "official" and self.options.max_length is None:
+            self.max_length: int | None = OFFICIAL_MAX_LENGTH
+        else:
+            self.max_length = self.options.max_length
+
+    @property
+    def description(self) -> str:
+        how = "chat template" if self.uses_chat_template else "plain text + EOS"
+        if self.options.convention == "official":
+            how = ("chat template" if self.uses_chat_template else "plain text") + ", official script"
+        limit = f", max length {self.max_length}" if self.max_length else ""
+        return how + limit
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _ids(self, text: str, *, special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def _messages(self, pair: PreferencePair) -> list[dict[str, str]]:
+        return [{"role": turn.role, "content": turn.content} for turn in pair.prompt]
+
+    def _render(self, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
+        rendered = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        return str(rendered)
+
+    # -- public ----------------------------------------------------------------------------
+    def encode(self, pair: PreferencePair) -> TokenizedPair | RowProblem:
+        if self.options.convention == "official":
+            return self._encode_official(pair)
+        return self._encode_default(pair)
+
+    def _encode_default(self, pair: PreferencePair) -> TokenizedPair | RowProblem:
+        row = pair.row_id
+        if self.uses_chat_template:
+            messages = self._messages(pair)
+            try:
+                prompt_str = self._render(messages, generation_prompt=True)
+                fulls = [
+                    self._render(messages + [{"role": "assistant", "content": reply}], generation_prompt=False)
+                    for reply in (pair.chosen, pair.rejected)
+                ]
+            except Exception as exc:  # jinja raises TemplateError and friends on odd roles
+                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {exc}")
+            for side, full in zip(("chosen", "rejected"), fulls, strict=False):
+                if not full.startswith(prompt_str):
+                    return RowProblem(
+                        row,
+                        Status.PROMPT_MISMATCH,
+                        f"the chat template renders the prompt differently once the {side} reply follows",
+                    )
+            prompt_ids = self._ids(prompt_str, special=False)
+            responses = [self._ids(full[len(prompt_str) :], special=False) for full in fulls]
+            full_ids = [self._ids(full, special=False) for full in fulls]
+        else:
+            prompt_ids = self._ids(pair.prompt_text, special=True)
+            responses = [
+                self._ids(text, special=False) + [self.eos_id]
+                for text in (pair.chosen_text, pair.rejected_text)
+            ]
+            full_ids = [
+                self._ids(pair.prompt_text + text, special=True)
+                for text in (pair.chosen_text, pair.rejected_text)
+            ]
+        n_prompt = len(prompt_ids)
+        if n_prompt == 0:
+            return RowProblem(row, Status.EMPTY_PROMPT, "the prompt has no tokens")
+        for side, ids in zip(("chosen", "rejected"), full_ids, strict=False):
+            if ids[:n_prompt] != prompt_ids:
+                at = _common_prefix(ids, prompt_ids)
+                return RowProblem(
+                    row,
+                    Status.PROMPT_MISMATCH,
+                    f"prompt ids are not a prefix of the {side} rendering's ids "
+                    f"(they differ at token {at} of {n_prompt}: a merge across the boundary)",
+                )
+        for side, ids in zip(("chosen", "rejected"), responses, strict=False):
+            if not ids:
+                return RowProblem(row, Status.EMPTY_RESPONSE, f"the {side} response has no tokens")
+        return self._finish(row, prompt_ids, responses[0], responses[1])
+
+    def _finish(
+        self, row: int, prompt_ids: list[int], chosen: list[int], rejected: list[int]
+    ) -> TokenizedPair | RowProblem:
+        n_prompt = len(prompt_ids)
+        truncated = collapsed = False
+        if self.max_length is not None:
+            if n_prompt >= self.max_length:
+                return RowProblem(
+                    row,
+                    Status.PROMPT_TOO_LONG,
+                    f"the prompt has {n_prompt} tokens and fills --max-length {self.max_length}",
+                )
+            room = self.max_length - n_prompt
+            truncated = len(chosen) > room or len(rejected) > room
+            differed = chosen != rejected
+            chosen, rejected = chosen[:room], rejected[:room]
+            collapsed = differed and chosen == rejected
+
+        def span(response: list[int]) -> SequenceSpan:
+            ids = tuple(prompt_ids + response)
+            return SequenceSpan(ids=ids, start=n_prompt - 1, end=n_prompt - 1 + len(response))
+
+        return TokenizedPair(
+            row_id=row,
+            prompt_len=n_prompt,
+            chosen=span(chosen),
+            rejected=span(rejected),
+            chosen_response=tuple(chosen),
+            rejected_response=tuple(rejected),
+            truncated=truncated,
+            truncation_collapsed=collapsed,
+        )
+
+    def _encode_official(self, pair: PreferencePair) -> TokenizedPair | RowProblem:
+        row = pair.row_id
+        if self.uses_chat_template:
+            try:
+                query = self._render(self._messages(pair), generation_prompt=True)
+            except Exception as exc:
+                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {exc}")
+            texts = [query + pair.chosen, query + pair.rejected]
+            special = False
+        else:
+            query = pair.prompt_text
+            texts = [query + pair.chosen_text, query + pair.rejected_text]
+            special = True
+        limit = self.max_length
+
+        def tok(text: str) -> tuple[list[int], bool]:
+            ids = self._ids(text, special=special)
+            if limit is not None and len(ids) > limit:
+                return ids[:limit], True
+            return ids, False
+
+        query_ids, query_cut = tok(query)
+        (chosen_ids, chosen_cut), (rejected_ids, rejected_cut) = tok(texts[0]), tok(texts[1])
+        n_query = len(query_ids)
+        if query_cut:
+            return RowProblem(
+                row,
+                Status.PROMPT_TOO_LONG,
+                f"the query alone fills the {limit}-token limit (the official script scores no response tokens)",
+            )
+        if n_query == 0:
+            return RowProblem(row, Status.EMPTY_PROMPT, "the query has no tokens")
+        for side, ids in zip(("chosen", "rejected"), (chosen_ids, rejected_ids), strict=False):
+            if len(ids) <= n_query:
+                return RowProblem(
+                    row,
+                    Status.EMPTY_RESPONSE,
+                    f"the {side} response has no tokens after the query (the official script drops this row)",
+                )
+
+        def span(ids: list[int]) -> SequenceSpan:
+            return SequenceSpan(ids=tuple(ids), start=n_query - 1, end=len(ids))
+
+        return TokenizedPair(
+            row_id=row,
+            prompt_len=n_query,
+            chosen=span(chosen_ids),
+            rejected=span(rejected_ids),
+            chosen_response=tuple(chosen_ids[n_query:]),
+            rejected_response=tuple(rejected_ids[n_query:]),
+            truncated=query_cut or chosen_cut or rejected_cut,
+            truncation_collapsed=(chosen_cut or rejected_cut)
+            and chosen_ids == rejected_ids
+            and texts[0] != texts[1],
+        )
