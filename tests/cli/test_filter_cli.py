@@ -6,13 +6,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from score_fixtures import ORIGINAL_COLUMNS, XSS_SCRIPT, make_score_output, nasty_rows
+from typer.testing import CliRunner
 
 from ches_filter.cli.app import app
 

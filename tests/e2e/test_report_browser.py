@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from score_fixtures import make_score_output, nasty_rows, patch_load_model
 
 from ches_filter.filtering import ScoreFolder, select_from_table
