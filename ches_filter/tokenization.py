@@ -223,7 +223,8 @@ class PairTokenizer:
         query_ids, query_cut = tok(query)
         (chosen_ids, chosen_cut), (rejected_ids, rejected_cut) = tok(texts[0]), tok(texts[1])
         n_query = len(query_ids)
-        if query_cut:
+        # A query of exactly ``limit`` tokens fills it too: every response token is cut away.
+        if query_cut or (limit is not None and n_query >= limit):
             return RowProblem(
                 row,
                 Status.PROMPT_TOO_LONG,
