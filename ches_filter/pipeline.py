@@ -41,7 +41,7 @@ from ches_filter.data.shards import (
 )
 from ches_filter.data.sources import RowSource, SourceSpec, open_source
 from ches_filter.errors import OptionError
-from ches_filter.model.load import LoadedModel, ModelSpec, load_model, resolve_model
+from ches_filter.model.load import LoadedModel, ModelSpec, load_model, pick_device, resolve_model
 from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, HiddenStateRunner
 from ches_filter.records import PairScores, PreferencePair, RowProblem, Status, TokenizedPair
 from ches_filter.scores import score_identical, score_pair
@@ -339,6 +339,8 @@ def score_dataset(
     options.check()
     if window < 1:
         raise OptionError(f"window must be at least 1, not {window}")
+    if rows_per_shard < 1:  # ShardWriter would say so too, but only after the model loaded
+        raise OptionError(f"--rows-per-shard must be at least 1, not {rows_per_shard}")
     spec = _model_spec(
         model, revision=model_revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
     )
@@ -353,6 +355,7 @@ def score_dataset(
     layout = detect_layout(source.columns(), source.peek(100), options.layout_options())
     schema = output_schema(source.arrow_schema())
     resolve_model(spec)
+    pick_device(spec.device)  # a bad or unavailable --device fails before the model loads
     output = Path(output)
     prepare_output_dir(output, overwrite=overwrite)
     if on_detected is not None:
