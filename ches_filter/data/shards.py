@@ -9,6 +9,7 @@ never a shard that looks complete.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -109,6 +110,25 @@ class ShardWriter:
         self._temp_paths: list[Path] = []
         self.final_paths: list[Path] = []
         self.rows_written = 0
+        self._text_fields = [
+            field.name
+            for field in schema
+            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+        ]
+
+    def _as_text(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A non-string value in a string column (JSON input that mixes types) as JSON text."""
+        odd = [
+            name
+            for name in self._text_fields
+            if (value := row.get(name)) is not None and not isinstance(value, str)
+        ]
+        if not odd:
+            return row
+        fixed = dict(row)
+        for name in odd:
+            fixed[name] = json.dumps(row[name], ensure_ascii=False, default=str)
+        return fixed
 
     def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:
@@ -119,6 +139,8 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
+        if self._text_fields:
+            self._buffer = [self._as_text(row) for row in self._buffer]
         try:
             table = pa.Table.from_pylist(self._buffer, schema=self.schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -424,14 +424,13 @@ def _chunk_schema(rows: list[Row], names: list[str], display: str) -> pa.Schema:
     fields = []
     for name in names:
         try:
-            array = pa.array([row.get(name) for row in rows])
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise DatasetError(
-                f"{display}: column {name!r} mixes value types ({exc})",
-                hint="ches writes the original columns back with one type per column; "
-                "convert that column to a single type first",
-            ) from None
-        fields.append(pa.field(name, array.type))
+            dtype = pa.array([row.get(name) for row in rows]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # Values of several types (a response that is sometimes a number or a list): a string
+            # column, so the run goes on; the writer stores the non-string values as JSON text
+            # (see ShardWriter) and the layout gives those rows ``invalid_field``.
+            dtype = pa.string()
+        fields.append(pa.field(name, dtype))
     return pa.schema(fields)
 
 
@@ -452,7 +451,9 @@ def _infer_json_schema(rows: Iterator[Row], display: str) -> pa.Schema:
     first appearance; int and float widen to float). A column that is all-null there (or has a
     null-typed part, e.g. only empty lists) is re-inferred from up to ``_NULL_SCAN_ROWS`` more
     rows, unified permissively; what is still null after that is typed ``string``, the usual type
-    of the fields of preference data. A later value of another type fails when written back.
+    of the fields of preference data. A column whose values mix types is typed ``string``: its
+    strings are written back unchanged, its other values as JSON text. A later value of another
+    type fails when written back, unless the column is a string column.
     """
     first = list(islice(rows, _SCHEMA_ROWS))
     names: dict[str, None] = {}

@@ -152,6 +152,28 @@ def test_compat_official_is_recorded(tiny, tmp_path):
     assert "official script" in manifest["model"]["tokenization"]
 
 
+def test_row_problems_do_not_stop_the_run(tiny, tmp_path):
+    rows = [
+        {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+        {"prompt": "Hi", "chosen": None, "rejected": "Go away."},
+        {"prompt": "Hi", "chosen": "\u200b", "rejected": "Go away."},
+        {"prompt": "Hi", "chosen": 42, "rejected": "Go away."},
+        {"prompt": "Hi", "chosen": "Same.", "rejected": "Same."},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = invoke("score", path, "-o", tmp_path / "out", "--json", *tiny)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 5 and summary["scored"] == 1
+    assert summary["by_status"] == {
+        "invalid_field": 2,
+        "empty_response": 1,
+        "identical": 1,
+        "ok": 1,
+    }
+
+
 # -- bad input: exit 2, one message, no traceback, no model load ------------------------------
 
 

@@ -161,6 +161,38 @@ def test_each_bad_row_kind_gets_a_status_and_the_run_goes_on(score, tmp_path):
     assert counts["by_status"]["empty_response"] == 4
 
 
+def test_non_string_responses_are_row_problems(score, tmp_path):
+    """JSON whose responses are sometimes a number, a list or an object: the run goes on."""
+    rows = [
+        {"prompt": "2 + 2 =", "chosen": "4", "rejected": "5"},
+        {"prompt": "2 + 2 =", "chosen": 4, "rejected": "5"},
+        {"prompt": "Colours?", "chosen": "red", "rejected": ["blue", "green"]},
+        {"prompt": "Colours?", "chosen": {"text": "red"}, "rejected": "blue"},
+        {"prompt": "Yes?", "chosen": True, "rejected": "no"},
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    score(path, tmp_path / "out")
+    out = output_rows(tmp_path / "out")
+    assert [r["status"] for r in out] == ["ok"] + ["invalid_field"] * 4
+    assert_unscored(out[1], Status.INVALID_FIELD, "'chosen'", "a number, not a string")
+    assert_unscored(out[2], Status.INVALID_FIELD, "'rejected'", "a list")
+    assert_unscored(out[3], Status.INVALID_FIELD, "'chosen'", "an object")
+    assert_unscored(out[4], Status.INVALID_FIELD, "'chosen'", "a boolean")
+    # strings unchanged; the other values as their JSON text
+    assert [r["chosen"] for r in out] == ["4", "4", "red", '{"text": "red"}', "true"]
+    assert out[2]["rejected"] == '["blue", "green"]'
+
+
+def test_a_non_string_response_past_the_inferred_rows(score, tmp_path):
+    rows = [{"prompt": "Hi", "chosen": "", "rejected": "Bye."}] * 1200  # never reach the model
+    rows = rows + [{"prompt": "2 + 2 =", "chosen": 4, "rejected": "5"}]
+    path = write_jsonl(tmp_path / "late.jsonl", rows)
+    result = score(path, tmp_path / "out")
+    assert result.manifest["counts"]["by_status"] == {"empty_response": 1200, "invalid_field": 1}
+    last = output_rows(tmp_path / "out")[-1]
+    assert last["row_id"] == 1200 and last["chosen"] == "4" and last["status"] == "invalid_field"
+
+
 def test_truncation_collapse_and_truncated_flag(score, tmp_path):
     """Responses that differ only past --max-length: truncated_identical, flagged, CHES 0."""
     rows = [
