@@ -40,7 +40,7 @@ from ches_filter.data.shards import (
     prepare_output_dir,
 )
 from ches_filter.data.sources import RowSource, SourceSpec, open_source
-from ches_filter.errors import OptionError
+from ches_filter.errors import DatasetError, OptionError
 from ches_filter.model.load import LoadedModel, ModelSpec, load_model, pick_device, resolve_model
 from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, HiddenStateRunner
 from ches_filter.records import PairScores, PreferencePair, RowProblem, Status, TokenizedPair
@@ -352,6 +352,8 @@ def score_dataset(
         sample=sample,
         seed=seed,
     )
+    if not source.columns():
+        raise DatasetError(f"{source.description} has no rows: nothing to score")
     layout = detect_layout(source.columns(), source.peek(100), options.layout_options())
     schema = output_schema(source.arrow_schema())
     resolve_model(spec)

@@ -928,6 +928,14 @@ def open_source(
         raise DatasetError("no dataset given", hint="pass a file, folder, glob or hub dataset id")
     path = Path(os.path.expanduser(text))
     if path.exists() or _GLOB_CHARS.search(text):
+        hub_only = (("--config", spec.config), ("--revision", spec.revision))
+        given = [name for name, value in hub_only if value]
+        if given:  # they would be silently ignored
+            raise OptionError(
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to hub "
+                f"datasets only, and {text} is a local path",
+                hint="leave them out (--split still picks a split of a local folder)",
+            )
         source = _local_source(spec, **options)
     elif _looks_local(text):
         raise DatasetError(

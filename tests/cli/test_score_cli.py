@@ -261,6 +261,8 @@ def test_unpaired_and_n_candidate_data(no_model_load, tmp_path, fixture, words):
                                              "prompt, chosen, rejected"]),
         (["--layout", "shp"], ["layout 'shp' needs a field", "prompt, chosen, rejected"]),
         (["--rows-per-shard", "0"], ["--rows-per-shard must be at least 1"]),
+        (["--config", "x"], ["--config applies to hub datasets only"]),
+        (["--revision", "main", "--config", "x"], ["--config and --revision apply to hub"]),
         (["--max-batch-tokens", "0"], ["--max-batch-tokens must be at least 1"]),
         (["--model", "no-such-model"], ["unknown model 'no-such-model'"]),
         (["--model", "./no/such/folder"], ["unknown model './no/such/folder'"]),
@@ -271,6 +273,17 @@ def test_invalid_options(no_model_load, tmp_path, args, words):
     result = invoke("score", STANDARD, "-o", tmp_path / "out", *args)
     assert_bad_input(result, *words)
     assert not (tmp_path / "out").exists()
+
+
+def test_empty_file_and_a_scored_output_as_input(no_model_load, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = invoke("score", tmp_path / "empty.jsonl", "-o", tmp_path / "o1")
+    assert_bad_input(result, "empty.jsonl (jsonl) has no rows")
+    (tmp_path / "scored.jsonl").write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "ches": 1.0}) + "\n"
+    )
+    result = invoke("score", tmp_path / "scored.jsonl", "-o", tmp_path / "o2")
+    assert_bad_input(result, "already has column(s) ches")
 
 
 def test_model_folder_without_config(no_model_load, tmp_path):
