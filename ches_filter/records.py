@@ -19,7 +19,7 @@ class Status(str, enum.Enum):
     OK = "ok"
     IDENTICAL = "identical"  # chosen == rejected (as text or as token ids): ches is 0 by definition
     TRUNCATED_IDENTICAL = "truncated_identical"  # responses differ only past --max-length
-    EMPTY_RESPONSE = "empty_response"  # null, empty or whitespace-only response
+    EMPTY_RESPONSE = "empty_response"  # empty or whitespace-only response (null: INVALID_FIELD)
     INVALID_FIELD = "invalid_field"  # a field is missing, null or of the wrong type
     AMBIGUOUS_PROMPT = "ambiguous_prompt"  # implicit prompt: chosen/rejected differ before the last turn
     CONTRADICTORY_LABEL = "contradictory_label"  # labels that pick no side, or both
