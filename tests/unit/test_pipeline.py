@@ -200,9 +200,9 @@ def test_truncation_collapse_and_truncated_flag(score, tmp_path):
         {"prompt": "Count.", "chosen": "one", "rejected": "two"},
     ]  # fmt: skip
     path = write_jsonl(tmp_path / "t.jsonl", rows)
-    P = score(path, tmp_path / "probe")  # learn the prompt length under the chat template
+    probe = score(path, tmp_path / "probe")  # learn the prompt length under the chat template
     prompt_tokens = output_rows(tmp_path / "probe")[0]["prompt_tokens"]
-    assert P.summary["scored"] == 2
+    assert probe.summary["scored"] == 2
     result = score(path, tmp_path / "out", max_length=prompt_tokens + 3)
     out = output_rows(tmp_path / "out")
     assert out[0]["status"] == "truncated_identical" and out[0]["truncated"] is True
@@ -519,8 +519,7 @@ def test_hh_rlhf_rows_with_the_tiny_model(score, tiny_llama, hh_subset, tmp_path
     ambiguous = rows[positions.index(1254)]
     assert "differ before their last" in ambiguous["reason"] and ambiguous["ches"] is None
     # a few scored rows equal the reference, computed one pair at a time
-    source = [r for r in source_rows[:4]]
-    layout = detect_layout(["chosen", "rejected"], source, LayoutOptions())
+    layout = detect_layout(["chosen", "rejected"], source_rows, LayoutOptions())
     tokenizer = PairTokenizer(tiny_llama.tokenizer, TokenizationOptions())
     for row_id in range(4):
         encoded = tokenizer.encode(layout.extract(row_id, source_rows[row_id]))
