@@ -374,12 +374,21 @@ def score_dataset(
     if progress is not None:
         progress(Progress(0, rows_total, 0, 0.0))
     window_rows: list[tuple[int, dict[str, Any]]] = []
+    original_columns = set(source.columns())
+    unknown_seen: set[str] = set()
 
     def flush() -> None:
         items = [layout.extract(row_id, row) for row_id, row in window_rows]
         scored = scorer.score(items)
         out_rows = []
-        for (_row_id, row), item, scores in zip(window_rows, items, scored, strict=True):
+        for (row_id, row), item, scores in zip(window_rows, items, scored, strict=True):
+            extra = [name for name in row if name not in original_columns and name not in unknown_seen]
+            if extra:  # a field the first rows did not have: say so, once per field
+                unknown_seen.update(extra)
+                log(
+                    f"row {row_id}: field(s) {', '.join(map(repr, extra))} are not among the columns "
+                    "found in the first rows and are not written to the output"
+                )
             pair = item if isinstance(item, PreferencePair) else None
             totals.add(scores, pair)
             out_rows.append({**row, **_score_columns(scores, pair_id(pair, row))})

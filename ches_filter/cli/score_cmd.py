@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -178,9 +179,20 @@ def score_command(
             command=[shlex.join(["ches", *sys.argv[1:]])],
         )
     if as_json:
-        stdout.print_json(json.dumps(result.summary), highlight=False)
+        stdout.print_json(json.dumps(json_safe(result.summary), allow_nan=False), highlight=False)
     else:
         print_summary(stderr, result.summary)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (a diverged fp16 run) become null: JSON has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def default_output(dataset: str) -> Path:

@@ -347,3 +347,10 @@ def test_installed_ches_scores_a_fixture(tiny_llama_dir, tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2 and "no such file or folder" in bad.stderr
     assert "Traceback" not in bad.stderr and bad.stdout == ""
+
+
+def test_json_summary_has_no_nan():
+    from ches_filter.cli.score_cmd import json_safe
+
+    summary = {"quantiles": {"ches": {"min": float("nan"), "max": float("inf"), "p25": 1.5}}, "top": [(1, -float("inf"))]}
+    assert json_safe(summary) == {"quantiles": {"ches": {"min": None, "max": None, "p25": 1.5}}, "top": [[1, None]]}

@@ -193,6 +193,19 @@ def test_a_non_string_response_past_the_inferred_rows(score, tmp_path):
     assert last["row_id"] == 1200 and last["chosen"] == "4" and last["status"] == "invalid_field"
 
 
+def test_a_field_first_seen_past_the_inferred_rows_is_reported(score, tmp_path):
+    rows = [{"prompt": "Hi", "chosen": "", "rejected": "Bye."}] * 1001
+    rows = rows + [{"prompt": "Hi", "chosen": "", "rejected": "Bye.", "source": "late"}] * 2
+    path = write_jsonl(tmp_path / "late_field.jsonl", rows)
+    messages: list[str] = []
+    score(path, tmp_path / "out", log=messages.append)
+    assert [m for m in messages if "'source'" in m] == [
+        "row 1001: field(s) 'source' are not among the columns found in the first rows and are "
+        "not written to the output"
+    ]
+    assert "source" not in output_rows(tmp_path / "out")[0]
+
+
 def test_truncation_collapse_and_truncated_flag(score, tmp_path):
     """Responses that differ only past --max-length: truncated_identical, flagged, CHES 0."""
     rows = [
