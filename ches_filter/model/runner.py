@@ -1,161 +1,376 @@
 """Batched forward passes: token sequences in, per-pair hidden-state sums out.
 
-No score formula lives here (that is ``scores.py``). Each pair contributes two sequences,
-``prompt ⊕ chosen`` and ``prompt ⊕ rejected``. Sequences are sorted longest first and grouped
-into batches bounded by a token budget (``max_batch_tokens`` counts padded tokens, so the
-tensor that reaches the model never exceeds it); the longest batch runs first, so an
-out-of-memory shows up at once. On a CUDA out-of-memory the budget is halved and the batch
-retried. Right padding with an explicit attention mask; the base model only (no lm_head, no
-``output_hidden_states``). Sums over each sequence's span are taken on the device in float32
-and only those sums and the final hidden states leave it, as float64.
+No score formula lives here (that is ``scores.py``). The engine has three layouts
+(:mod:`.packing`), each tested equal to the one-pair-at-a-time reference:
+
+* ``two_sequences``: ``prompt ⊕ chosen`` and ``prompt ⊕ rejected`` as separate right-padded
+  rows with a padding mask. Works with any model; the fallback.
+* ``prefix_shared``: one row per pair, ``shared ⊕ chosen ⊕ rejected``, with an explicit mask so
+  the rejected tokens see the prompt but not the chosen ones, and position ids that continue
+  from the prompt's end: the prompt is computed once instead of twice.
+* ``packed``: prefix-shared units packed side by side in rows (first-fit decreasing), so no
+  work goes to padding. On a CPU the attention runs per unit (``segments`` executor, see
+  :mod:`.attention`); elsewhere through an explicit 4D mask.
+
+``mode="auto"`` picks ``packed`` when a quick check on the loaded model (a few small forward
+passes, compared with plain ones) shows that it honours custom masks and position ids, and
+``two_sequences`` otherwise, saying why through ``log``.
+
+Batches are bounded by a token budget counted with padding (``max_batch_tokens``), longest
+first so an out-of-memory shows up at once; on a CUDA out-of-memory the budget is halved and
+the batch retried (a single pair that still doesn't fit is retried as two sequences). The base
+model only (no lm_head, no ``output_hidden_states``). Sums over each sequence's span are added
+up on the device in float32 and only those sums and the final hidden states leave it, as
+float64, once per :meth:`HiddenStateRunner.run`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ches_filter.records import PairSums, SequenceSpan, TokenizedPair
+from ches_filter.records import PairSums, TokenizedPair
 
+from . import attention as attn
+from . import packing
 from .load import LoadedModel
+from .packing import MODES, RowBatch, Unit
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
+ENGINES = ("auto", *MODES)
+ATTENTION_EXECUTORS = ("auto", *attn.EXECUTORS)
+
+# Back-compatible names (the planner used to live here).
+plan_batches = packing.plan_batches
 
 
 @dataclass
 class RunnerStats:
     forward_calls: int = 0
-    sequences: int = 0
-    real_tokens: int = 0
+    sequences: int = 0  # sequences scored: two per pair
+    pair_tokens: int = 0  # tokens of those sequences, as two separate sequences would have them
+    real_tokens: int = 0  # tokens the model computed, padding excluded (shared prefixes count once)
     padded_tokens: int = 0  # tokens in the tensors the model saw, padding included
+    attended_pairs: int = 0  # (query, key) pairs of real tokens the attention rule allows
+    forward_s: float = 0.0  # wall time of the forward passes and reductions (synchronised)
     oom_retries: int = 0
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Group sequence indices, longest first, so that len(batch) * longest <= budget.
+@dataclass(frozen=True)
+class EngineChoice:
+    """The layout and attention executor a runner uses, and why."""
 
-    A sequence longer than the budget goes alone in its own batch.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * longest > max_batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+    mode: str
+    executor: str | None  # None for two_sequences (a padding mask is all it needs)
+    implementation: str  # the model's attention: sdpa, eager, ...
+    reason: str
+
+
+def _causal_pairs(n: int, start: int = 0) -> int:
+    """Σ_{t=start}^{start+n-1} (t + 1): keys seen by n consecutive causal queries."""
+    return n * (2 * start + n + 1) // 2
+
+
+def attended_pairs(unit: Unit) -> int:
+    """Causal (query, key) pairs of a unit, ignoring sliding windows (FLOP accounting only)."""
+    if unit.plain:
+        return _causal_pairs(len(unit))
+    shared = unit.shared
+    chosen = int((unit.branch == packing.CHOSEN).sum())
+    rejected = int((unit.branch == packing.REJECTED).sum())
+    return _causal_pairs(shared) + _causal_pairs(chosen, shared) + _causal_pairs(rejected, shared)
 
 
 class HiddenStateRunner:
+    """Runs the base model over pairs and returns S+, S- and the final hidden states per pair.
+
+    ``mode``: ``auto`` (the fastest layout proven equal on this model), ``two_sequences``,
+    ``prefix_shared`` or ``packed``. ``attention``: ``auto``, ``mask`` or ``segments`` (see
+    :mod:`.attention`). ``attn_implementation``: run the model with this attention
+    implementation (``sdpa``, ``eager``) instead of the one it was loaded with. ``row_tokens``:
+    capacity of a packed row (default: the whole budget on CPU, 2048 on GPU).
+    """
+
     def __init__(
         self,
         loaded: LoadedModel,
         *,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        mode: str = "auto",
+        attention: str = "auto",
+        attn_implementation: str | None = None,
+        row_tokens: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be positive")
+        if mode not in ENGINES:
+            raise ValueError(f"engine mode must be one of {', '.join(ENGINES)}, not {mode!r}")
+        if attention not in ATTENTION_EXECUTORS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_EXECUTORS)}, not {attention!r}")
         self.model = loaded.model
         self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.hidden_size = int(loaded.model.config.hidden_size)
         pad = loaded.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else 0)  # masked out; any valid id works
         self.max_batch_tokens = max_batch_tokens
         self.log = log
         self.stats = RunnerStats()
+        self.implementation = attn_implementation or attn.current_implementation(self.model)
+        on_gpu = self.device.type == "cuda"
+        self.row_tokens = row_tokens or (2048 if on_gpu else None)
+        self.engine = self._choose(mode, attention)
+        if log and (self.engine.mode != mode or mode == "auto"):
+            log(f"engine: {self.describe()}")
 
+    # -- choosing the layout -----------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.engine.mode
+
+    def describe(self) -> str:
+        how = f" via {self.engine.executor} attention" if self.engine.executor else ""
+        return f"{self.engine.mode}{how} ({self.engine.implementation}); {self.engine.reason}"
+
+    def _choose(self, mode: str, attention: str) -> EngineChoice:
+        implementation = self.implementation
+        if mode == "two_sequences":
+            return EngineChoice("two_sequences", None, implementation, "asked for")
+        wanted = "packed" if mode == "auto" else mode
+        if attention == "auto":
+            executor = "segments" if wanted == "packed" and self.device.type == "cpu" else "mask"
+        else:
+            executor = attention
+        ok, detail = self._check(executor, wanted)
+        if ok:
+            return EngineChoice(wanted, executor, implementation, detail)
+        return EngineChoice(
+            "two_sequences",
+            None,
+            implementation,
+            f"falling back to two sequences per pair: {wanted} with {executor} attention is not "
+            f"honoured by this model ({detail})",
+        )
+
+    def _check(self, executor: str, mode: str) -> tuple[bool, str]:
+        """Do custom masks and position ids give the same hidden states as plain passes here?"""
+        known = attn.remembered(self.model, executor, self.implementation)
+        if known is not None:
+            return known
+        if self.implementation not in attn.SUPPORTED_IMPLEMENTATIONS:
+            verdict = (False, f"attention implementation {self.implementation!r} is not supported")
+        else:
+            try:
+                verdict = self._probe(executor)
+            except attn.LayoutUnsupported as exc:
+                verdict = (False, str(exc))
+            except Exception as exc:  # a model that rejects the inputs: not honoured
+                verdict = (False, f"{type(exc).__name__}: {exc}")
+        attn.remember(self.model, executor, self.implementation, verdict)
+        return verdict
+
+    def _probe(self, executor: str) -> tuple[bool, str]:
+        """Two synthetic pairs packed in one row, against four plain forward passes."""
+        import torch
+
+        from ches_filter.records import SequenceSpan
+
+        config = self.model.config
+        rng = np.random.default_rng(0)
+        vocab = int(getattr(config, "vocab_size", 1000))
+        window = getattr(config, "sliding_window", None) or 0
+        prompt_len = max(12, min(int(window) + 4, 64))
+
+        def make(index: int, prompt: int, chosen: int, rejected: int) -> TokenizedPair:
+            p = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), prompt))
+            c = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), chosen))
+            r = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), rejected))
+            return TokenizedPair(
+                row_id=index,
+                prompt_len=prompt,
+                chosen=SequenceSpan(p + c, prompt - 1, prompt + chosen - 1),
+                rejected=SequenceSpan(p + r, prompt - 1, prompt + rejected - 1),
+                chosen_response=c,
+                rejected_response=r,
+            )
+
+        pairs = [make(0, prompt_len, 7, 11), make(1, prompt_len // 2 + 1, 9, 5)]
+        units = packing.units_for(pairs, "packed")
+        batch = packing.build_batch([units], self.pad_id)  # both pairs in one row
+        sums = torch.zeros((4, self.hidden_size), dtype=torch.float32, device=self.device)
+        lasts = torch.zeros_like(sums)
+        self._forward_layout(batch, executor, sums, lasts)
+        worst = 0.0
+        with torch.inference_mode(), attn.attention_implementation(self.model, self.implementation):
+            for slot, span in enumerate(s for p in pairs for s in (p.chosen, p.rejected)):
+                ids = torch.tensor([span.ids], device=self.device)
+                hidden = self.model(input_ids=ids, use_cache=False).last_hidden_state[0].float()
+                expected = torch.stack([hidden[span.start : span.end].sum(0), hidden[-1]])
+                got = torch.stack([sums[slot], lasts[slot]])
+                error = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+                worst = max(worst, error)
+        limit = 1e-3 if self.dtype == torch.float32 else 5e-2
+        if worst > limit:
+            return False, f"relative error {worst:.2g} against plain forward passes"
+        return True, f"checked equal to plain forward passes (relative error {worst:.1e})"
+
+    # -- running -----------------------------------------------------------------------------
     def run(self, pairs: Sequence[TokenizedPair]) -> list[PairSums]:
         """Sums for each pair, in the order given."""
-        spans: list[SequenceSpan] = []
-        for pair in pairs:
-            spans.extend((pair.chosen, pair.rejected))
-        sums: list[Any] = [None] * len(spans)
-        lasts: list[Any] = [None] * len(spans)
-        pending = plan_batches([len(s.ids) for s in spans], self.max_batch_tokens)
+        import torch
+
+        if not pairs:
+            return []
+        slots = 2 * len(pairs)
+        sums = torch.zeros((slots, self.hidden_size), dtype=torch.float32, device=self.device)
+        lasts = torch.zeros_like(sums)
+        units = packing.units_for(pairs, self.mode)
+        pending = self._plan(units)
         while pending:
-            batch = pending.pop(0)
+            rows = pending.pop(0)
+            batch = packing.build_batch(rows, self.pad_id)
             try:
-                batch_sums, batch_lasts = self._forward([spans[i] for i in batch])
+                started = time.perf_counter()
+                if batch.plain:
+                    self._forward_plain(batch, sums, lasts)
+                else:
+                    self._forward_layout(batch, self.engine.executor or "mask", sums, lasts)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.stats.forward_s += time.perf_counter() - started
             except Exception as exc:
-                if not _is_cuda_oom(exc) or len(batch) == 1:
+                if not _is_cuda_oom(exc):
                     raise
-                self._halve_after_oom(len(batch))
-                pending = plan_batches_subset(batch, spans, self.max_batch_tokens) + pending
+                pending = self._after_oom(rows, pairs) + pending
                 continue
-            for slot, index in enumerate(batch):
-                sums[index] = batch_sums[slot]
-                lasts[index] = batch_lasts[slot]
+            self._count(batch)
+        self.stats.sequences += slots
+        self.stats.pair_tokens += sum(p.n_tokens for p in pairs)
+        sums64 = sums.to("cpu", torch.float64).numpy()
+        lasts64 = lasts.to("cpu", torch.float64).numpy()
         return [
             PairSums(
                 row_id=pair.row_id,
-                sum_chosen=sums[2 * k],
-                sum_rejected=sums[2 * k + 1],
-                last_chosen=lasts[2 * k],
-                last_rejected=lasts[2 * k + 1],
+                sum_chosen=sums64[2 * k],
+                sum_rejected=sums64[2 * k + 1],
+                last_chosen=lasts64[2 * k],
+                last_rejected=lasts64[2 * k + 1],
             )
             for k, pair in enumerate(pairs)
         ]
 
-    def _halve_after_oom(self, batch_size: int) -> None:
+    def _plan(self, units: Sequence[Unit]) -> list[list[list[Unit]]]:
+        plan = packing.plan(
+            units, mode=self.mode, max_batch_tokens=self.max_batch_tokens, row_tokens=self.row_tokens
+        )
+        return [[[units[i] for i in row] for row in batch] for batch in plan]
+
+    def _count(self, batch: RowBatch) -> None:
+        self.stats.forward_calls += 1
+        self.stats.real_tokens += batch.real_tokens
+        self.stats.padded_tokens += batch.padded_tokens
+        self.stats.attended_pairs += sum(attended_pairs(u) for row in batch.units for u in row)
+
+    def _after_oom(self, rows: list[list[Unit]], pairs: Sequence[TokenizedPair]) -> list[list[list[Unit]]]:
+        """Re-plan a failed batch under half the budget; split a lone pair into its sequences."""
         import torch
 
         torch.cuda.empty_cache()
-        self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+        units = [u for row in rows for u in row]
         self.stats.oom_retries += 1
-        if self.log:
-            self.log(
-                f"CUDA out of memory on a batch of {batch_size} sequences; "
-                f"halving --max-batch-tokens to {self.max_batch_tokens} and retrying"
+        if len(units) > 1:
+            self.max_batch_tokens = max(1, self.max_batch_tokens // 2)
+            if self.row_tokens:
+                self.row_tokens = max(1, min(self.row_tokens, self.max_batch_tokens))
+            if self.log:
+                self.log(
+                    f"CUDA out of memory on a batch of {len(units)} units; halving "
+                    f"--max-batch-tokens to {self.max_batch_tokens} and retrying"
+                )
+            return self._plan(units)
+        unit = units[0]
+        if unit.plain or self.mode == "two_sequences":
+            raise torch.cuda.OutOfMemoryError(
+                f"CUDA out of memory on a single sequence of {len(unit)} tokens; "
+                "lower --max-length or use a smaller model or dtype"
             )
+        index = unit.sums[0][0] // 2
+        pair = pairs[index]
+        if self.log:
+            self.log(f"CUDA out of memory on one pair of {len(unit)} tokens; retrying it as two sequences")
+        return [
+            [[packing.sequence_unit(pair.chosen, 2 * index)]],
+            [[packing.sequence_unit(pair.rejected, 2 * index + 1)]],
+        ]
 
-    def _forward(self, spans: list[SequenceSpan]) -> tuple[np.ndarray, np.ndarray]:
+    # -- forward passes ------------------------------------------------------------------------
+    def _to_device(self, array: np.ndarray) -> Any:
         import torch
 
-        longest = max(len(s.ids) for s in spans)
-        input_ids = torch.full((len(spans), longest), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(spans), longest), dtype=torch.long)
-        weights = torch.zeros((len(spans), longest), dtype=torch.float32)
-        for row, span in enumerate(spans):
-            input_ids[row, : len(span.ids)] = torch.tensor(span.ids, dtype=torch.long)
-            attention[row, : len(span.ids)] = 1
-            weights[row, span.start : span.end] = 1.0
-        last_index = torch.tensor([len(s.ids) - 1 for s in spans], dtype=torch.long)
-        non_blocking = self.device.type == "cuda"
-        if non_blocking:
-            input_ids, attention, weights = (t.pin_memory() for t in (input_ids, attention, weights))
-        input_ids = input_ids.to(self.device, non_blocking=non_blocking)
-        attention = attention.to(self.device, non_blocking=non_blocking)
-        weights = weights.to(self.device, non_blocking=non_blocking)
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _reduce(self, hidden: Any, batch: RowBatch, sums: Any, lasts: Any) -> None:
+        """Add each summed position into its slot (float32, on the device); copy final states."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        tokens = self._to_device(batch.sum_tokens)
+        slots = self._to_device(batch.sum_slots)
+        sums.index_add_(0, slots, flat.index_select(0, tokens).float())
+        last_tokens = self._to_device(batch.last_tokens)
+        lasts.index_copy_(0, self._to_device(batch.last_slots), flat.index_select(0, last_tokens).float())
+
+    def _forward_plain(self, batch: RowBatch, sums: Any, lasts: Any) -> None:
+        """One causal sequence per row: a 2D padding mask is all the model needs."""
+        import torch
+
+        input_ids = self._to_device(batch.ids)
+        padding = self._to_device((batch.unit >= 0).astype(np.int64))
+        with torch.inference_mode(), attn.attention_implementation(self.model, self.implementation):
+            hidden = self.model(input_ids=input_ids, attention_mask=padding, use_cache=False).last_hidden_state
+            self._reduce(hidden, batch, sums, lasts)
+
+    def _forward_layout(self, batch: RowBatch, executor: str, sums: Any, lasts: Any) -> None:
+        """Prefix-shared and packed rows: explicit masks and position ids."""
+        import torch
+
+        tensors = {
+            "unit": self._to_device(batch.unit),
+            "positions": self._to_device(batch.positions),
+            "branch": self._to_device(batch.branch),
+        }
+        input_ids = self._to_device(batch.ids)
         with torch.inference_mode():
-            hidden = self.model(
-                input_ids=input_ids, attention_mask=attention, use_cache=False
-            ).last_hidden_state
-            hidden32 = hidden.float()
-            summed = torch.bmm(weights.unsqueeze(1), hidden32).squeeze(1)  # float32 on device
-            last = hidden32[torch.arange(len(spans), device=hidden.device), last_index.to(hidden.device)]
-        self.stats.forward_calls += 1
-        self.stats.sequences += len(spans)
-        self.stats.real_tokens += sum(len(s.ids) for s in spans)
-        self.stats.padded_tokens += len(spans) * longest
-        return (
-            summed.to("cpu", torch.float64).numpy(),
-            last.to("cpu", torch.float64).numpy(),
-        )
-
-
-def plan_batches_subset(
-    indices: list[int], spans: Sequence[SequenceSpan], max_batch_tokens: int
-) -> list[list[int]]:
-    """Re-plan the sequences of one failed batch under a smaller budget."""
-    plan = plan_batches([len(spans[i].ids) for i in indices], max_batch_tokens)
-    return [[indices[j] for j in batch] for batch in plan]
+            if executor == "segments":
+                plan = attn.SegmentPlan(
+                    extents=batch.unit_extents(),
+                    implementation=self.implementation,
+                    device=self.device,
+                    dtype=self.dtype,
+                )
+                with attn.attention_implementation(self.model, attn.SEGMENT_ATTENTION):
+                    hidden = self.model(
+                        input_ids=input_ids,
+                        position_ids=tensors["positions"],
+                        use_cache=False,
+                        ches_segments=plan,
+                    ).last_hidden_state
+            else:
+                masks = attn.model_masks(self.model.config, tensors, self.implementation, self.dtype)
+                with attn.attention_implementation(self.model, self.implementation):
+                    hidden = self.model(
+                        input_ids=input_ids,
+                        position_ids=tensors["positions"],
+                        attention_mask=masks,
+                        use_cache=False,
+                    ).last_hidden_state
+            self._reduce(hidden, batch, sums, lasts)
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

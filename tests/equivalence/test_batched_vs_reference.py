@@ -1,4 +1,6 @@
-"""The batched engine equals the one-pair-at-a-time reference (ches_filter.reference).
+"""The batched two-sequence engine equals the one-pair-at-a-time reference (ches_filter.reference).
+
+The prefix-shared and packed layouts are checked in test_engine_equivalence.py.
 
 Tolerance: 1e-4 relative in float32. ``ches`` and ``ln_ches`` are differences of two large,
 nearly equal inner products, so "relative" is taken to the scale of the terms being subtracted
@@ -84,7 +86,7 @@ def check_equal(loaded, encoded: list[TokenizedPair], budgets=(1, 600, 1 << 20),
         orders.append(shuffled)
     for budget in budgets:
         for order in orders:
-            runner = HiddenStateRunner(loaded, max_batch_tokens=budget)
+            runner = HiddenStateRunner(loaded, max_batch_tokens=budget, mode="two_sequences")
             sums = runner.run(order)
             assert [s.row_id for s in sums] == [p.row_id for p in order]  # results in input order
             for pair, pair_sums in zip(order, sums, strict=True):

@@ -1,0 +1,204 @@
+"""How the layouts of :mod:`.packing` reach a transformers model's attention.
+
+Two executors, both checked against plain forward passes (:func:`layout_honoured`):
+
+* ``mask``: an explicit 4D mask ``[rows, 1, length, length]`` built from the attention rule of
+  :func:`.packing.attention_allowed`, handed to the model's own attention implementation
+  (boolean for SDPA, additive float for eager). transformers uses a 4D mask as it is, so a model
+  with sliding-window layers (``config.layer_types``) gets a dict ``{layer type: mask}`` with the
+  window applied. Without an explicit mask, transformers would infer sequence boundaries from
+  position ids, and the rejected branch, whose positions continue from the prompt, would attend
+  to the chosen one.
+* ``segments``: variable-length attention. The model runs with a registered attention function
+  (``ches_segments``) that calls the underlying implementation (SDPA or eager) once per unit on
+  that unit's slice of queries, keys and values, with the unit's own small mask (or none, for a
+  plain causal sequence under SDPA). No work goes to padding or to pairs of tokens from
+  different units, which is what makes packing several pairs into one row pay on a CPU.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from .packing import SHARED
+
+SEGMENT_ATTENTION = "ches_segments"
+EXECUTORS = ("mask", "segments")
+SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class LayoutUnsupported(Exception):
+    """The model's attention can't be given this layout (the runner falls back to two sequences)."""
+
+
+def layer_windows(config: Any) -> dict[str, int | None] | None:
+    """``{layer type: sliding window}`` for models with ``layer_types``, None when one mask fits all.
+
+    Raises LayoutUnsupported for attention patterns a 4D mask built here would not reproduce.
+    """
+    if getattr(config, "use_bidirectional_attention", False):
+        raise LayoutUnsupported("the model uses bidirectional attention")
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if not types:
+        if window is not None and getattr(config, "use_sliding_window", True):
+            raise LayoutUnsupported("sliding-window attention without per-layer types")
+        return None
+    windows: dict[str, int | None] = {}
+    for kind in set(types):
+        if kind == "full_attention":
+            windows[kind] = None
+        elif kind == "sliding_attention" and window is not None:
+            windows[kind] = int(window)
+        else:
+            raise LayoutUnsupported(f"layer type {kind!r}")
+    return windows
+
+
+def allowed_mask(unit: Any, positions: Any, branch: Any, window: int | None) -> Any:
+    """Boolean ``[rows, 1, length, length]`` mask of the attention rule, on the tensors' device."""
+    q_pos, k_pos = positions[:, :, None], positions[:, None, :]
+    k_branch = branch[:, None, :]
+    allowed = (unit[:, :, None] == unit[:, None, :]) & (k_pos <= q_pos)
+    allowed &= (k_branch == SHARED) | (k_branch == branch[:, :, None])
+    if window is not None:
+        allowed &= q_pos - k_pos < window
+    return allowed[:, None, :, :]
+
+
+def _for_implementation(mask: Any, implementation: str, dtype: Any) -> Any:
+    import torch
+
+    if implementation == "eager":
+        return torch.where(mask, torch.zeros((), dtype=dtype, device=mask.device), torch.finfo(dtype).min)
+    return mask
+
+
+def model_masks(config: Any, tensors: dict[str, Any], implementation: str, dtype: Any) -> Any:
+    """The ``attention_mask`` argument for the ``mask`` executor: a 4D mask or a dict of them."""
+    if implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise LayoutUnsupported(f"attention implementation {implementation!r}")
+    windows = layer_windows(config)
+    args = (tensors["unit"], tensors["positions"], tensors["branch"])
+    if windows is None:
+        return _for_implementation(allowed_mask(*args, None), implementation, dtype)
+    built: dict[int | None, Any] = {}
+    for window in set(windows.values()):
+        built[window] = _for_implementation(allowed_mask(*args, window), implementation, dtype)
+    return {kind: built[window] for kind, window in windows.items()}
+
+
+@dataclass
+class SegmentPlan:
+    """What ``ches_segments`` needs for one forward pass: where each unit sits in the batch."""
+
+    extents: list[tuple[int, int, int, Any]]  # (row, start, end, packing.Unit)
+    implementation: str  # the attention that runs on each unit: "sdpa" or "eager"
+    device: Any
+    dtype: Any
+    _masks: dict[tuple[int, int | None], Any] = field(default_factory=dict)
+
+    def mask(self, index: int, window: int | None) -> Any:
+        """The unit's own mask for this layer's window (None: plain causal under SDPA)."""
+        key = (index, window)
+        if key not in self._masks:
+            import torch
+
+            _, start, end, unit = self.extents[index]
+            needs_window = window is not None and end - start > window
+            if unit.plain and not needs_window and self.implementation == "sdpa":
+                self._masks[key] = None
+            else:
+                positions = torch.as_tensor(unit.positions, device=self.device)[None]
+                branch = torch.as_tensor(unit.branch, device=self.device)[None]
+                same = torch.zeros_like(positions)
+                mask = allowed_mask(same, positions, branch, window)
+                self._masks[key] = _for_implementation(mask, self.implementation, self.dtype)
+        return self._masks[key]
+
+
+def _eager_of(module: Any) -> Any:
+    found = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if found is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as found
+    return found
+
+
+def segment_attention(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+) -> tuple[Any, None]:
+    """Attention per unit: each unit's queries see only that unit's keys, under its own mask.
+
+    Registered as ``ches_segments``; the runner passes ``ches_segments=SegmentPlan(...)``
+    through the model's forward keyword arguments, which transformers hands to every layer.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    plan: SegmentPlan | None = kwargs.pop("ches_segments", None)
+    if plan is None:
+        raise LayoutUnsupported("ches_segments attention was called without a segment plan")
+    if plan.implementation == "eager":
+        inner = _eager_of(module)
+    else:
+        inner = ALL_ATTENTION_FUNCTIONS[plan.implementation]
+    window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+    rows, heads, length, head_dim = query.shape
+    output = query.new_zeros((rows, length, heads, head_dim))
+    for index, (row, start, end, _unit) in enumerate(plan.extents):
+        piece, _ = inner(
+            module,
+            query[row : row + 1, :, start:end],
+            key[row : row + 1, :, start:end],
+            value[row : row + 1, :, start:end],
+            plan.mask(index, window),
+            **kwargs,
+        )
+        output[row, start:end] = piece[0]
+    return output, None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+
+
+@contextmanager
+def attention_implementation(model: Any, name: str | None) -> Iterator[None]:
+    """Run the model with another attention implementation for the duration of the block."""
+    config = model.config
+    previous = config._attn_implementation
+    if name is None or name == previous:
+        yield
+        return
+    if name == SEGMENT_ATTENTION:
+        _register()
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def current_implementation(model: Any) -> str:
+    return str(model.config._attn_implementation or "eager")
+
+
+# Which (executor, implementation) pairs were checked on which model: a model stays loaded
+# for a whole run, and the check costs a few small forward passes.
+_checked: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], tuple[bool, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def remembered(model: Any, executor: str, implementation: str) -> tuple[bool, str] | None:
+    return _checked.get(model, {}).get((executor, implementation))
+
+
+def remember(model: Any, executor: str, implementation: str, verdict: tuple[bool, str]) -> None:
+    _checked.setdefault(model, {})[(executor, implementation)] = verdict
