@@ -42,7 +42,7 @@ from ches_filter.data.shards import (
 from ches_filter.data.sources import RowSource, SourceSpec, open_source
 from ches_filter.errors import DatasetError, OptionError
 from ches_filter.model.load import LoadedModel, ModelSpec, load_model, pick_device, resolve_model
-from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, HiddenStateRunner
+from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, ENGINES, HiddenStateRunner
 from ches_filter.records import PairScores, PreferencePair, RowProblem, Status, TokenizedPair
 from ches_filter.scores import score_identical, score_pair
 from ches_filter.tokenization import (
@@ -193,11 +193,12 @@ class PairScorer:
         tokenization: TokenizationOptions,
         *,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        engine: str = "auto",
         log: Log | None = None,
     ) -> None:
         self.loaded = loaded
         self.tokenizer = PairTokenizer(loaded.tokenizer, tokenization)
-        self.runner = HiddenStateRunner(loaded, max_batch_tokens=max_batch_tokens, log=log)
+        self.runner = HiddenStateRunner(loaded, max_batch_tokens=max_batch_tokens, mode=engine, log=log)
 
     def score(self, items: Sequence[PreferencePair | RowProblem]) -> list[PairScores]:
         """Scores for each item, in the order given (RowProblems pass through as statuses)."""
@@ -240,6 +241,7 @@ class ScoreOptions:
     max_length: int | None = None
     convention: str = "default"
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    engine: str = "auto"  # the runner's layout: auto, two_sequences, prefix_shared, packed
 
     def layout_options(self) -> LayoutOptions:
         return LayoutOptions(
@@ -260,6 +262,8 @@ class ScoreOptions:
     def check(self) -> None:
         if self.max_batch_tokens < 1:
             raise OptionError(f"--max-batch-tokens must be at least 1, not {self.max_batch_tokens}")
+        if self.engine not in ENGINES:
+            raise OptionError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         self.tokenization_options()  # raises OptionError on a bad --compat / --max-length
 
 
@@ -364,7 +368,13 @@ def score_dataset(
         on_detected(source, layout)
 
     loaded = load_model(spec, log=log)
-    scorer = PairScorer(loaded, options.tokenization_options(), max_batch_tokens=options.max_batch_tokens, log=log)
+    scorer = PairScorer(
+        loaded,
+        options.tokenization_options(),
+        max_batch_tokens=options.max_batch_tokens,
+        engine=options.engine,
+        log=log,
+    )
     load_s = time.perf_counter() - started
 
     totals = _Totals()
@@ -454,6 +464,7 @@ def score_dataset(
             "max_length": scorer.tokenizer.max_length,
             "convention": options.convention,
             "max_batch_tokens": options.max_batch_tokens,
+            "engine": options.engine,
         },
         "counts": {
             "read": totals.rows,
@@ -463,10 +474,13 @@ def score_dataset(
             "by_status": summary["by_status"],
         },
         "engine": {
+            "mode": scorer.runner.mode,
+            "description": scorer.runner.describe(),
             "forward_calls": stats.forward_calls,
             "sequences": stats.sequences,
             "real_tokens": stats.real_tokens,
             "padded_tokens": stats.padded_tokens,
+            "pair_tokens": stats.pair_tokens,
             "oom_retries": stats.oom_retries,
         },
         "timing": timing,
@@ -487,6 +501,7 @@ def score_pairs(
     max_length: int | None = None,
     convention: str = "default",
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    engine: str = "auto",
     dtype: str | None = None,
     device: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -510,7 +525,7 @@ def score_pairs(
         spec = _model_spec(model, dtype=dtype, device=device)
         resolve_model(spec)
         loaded = load_model(spec)
-    scorer = PairScorer(loaded, tokenization, max_batch_tokens=max_batch_tokens)
+    scorer = PairScorer(loaded, tokenization, max_batch_tokens=max_batch_tokens, engine=engine)
     items = [found.extract(row_id, row) for row_id, row in enumerate(rows)]
     results = scorer.score(items)
     return [

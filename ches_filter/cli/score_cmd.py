@@ -117,6 +117,12 @@ def score_command(
         typer.Option("--max-batch-tokens", rich_help_panel=MODEL,
                      help="Token budget of one forward batch, padding included."),
     ] = 8192,
+    engine: Annotated[
+        str,
+        typer.Option("--engine", rich_help_panel=MODEL,
+                     help="Layout of the forward passes: auto (the fastest one checked equal on "
+                     "this model), packed, prefix_shared or two_sequences (see docs/performance.md)."),
+    ] = "auto",
     rows_per_shard: Annotated[
         int, typer.Option("--rows-per-shard", rich_help_panel=OUTPUT, help="Rows in each Parquet shard.")
     ] = 10_000,
@@ -149,6 +155,7 @@ def score_command(
         max_length=max_length,
         convention=compat,
         max_batch_tokens=max_batch_tokens,
+        engine=engine.replace("-", "_"),
     )
 
     def detected(source: Any, found: Any) -> None:
