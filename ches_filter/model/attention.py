@@ -14,6 +14,13 @@ Two executors, both checked against plain forward passes (:func:`layout_honoured
   that unit's slice of queries, keys and values, with the unit's own small mask (or none, for a
   plain causal sequence under SDPA). No work goes to padding or to pairs of tokens from
   different units, which is what makes packing several pairs into one row pay on a CPU.
+
+Both executors run the model under the registered ``ches`` attention function, which calls the
+underlying implementation. On CUDA it first expands grouped key/value heads into contiguous
+tensors: transformers' ``repeat_kv`` returns a zero-stride view when a model has one key/value
+head (Gemma-3-270M), and with torch 2.11 (cu130, H100) SDPA given such a view and a mask
+returned a wrong state (position 64 of a 65-token sequence, tiny Gemma-3 with a sliding
+window; contiguous copies of the same tensors gave the right one).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 from .packing import SHARED
 
-SEGMENT_ATTENTION = "ches_segments"
+CHES_ATTENTION = "ches"
 EXECUTORS = ("mask", "segments")
 SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -94,21 +101,26 @@ def model_masks(config: Any, tensors: dict[str, Any], implementation: str, dtype
 
 
 @dataclass
-class SegmentPlan:
-    """What ``ches_segments`` needs for one forward pass: where each unit sits in the batch."""
+class AttentionPlan:
+    """What the ``ches`` attention function needs for one forward pass.
 
-    extents: list[tuple[int, int, int, Any]]  # (row, start, end, packing.Unit)
-    implementation: str  # the attention that runs on each unit: "sdpa" or "eager"
+    ``extents`` (segments executor): where each unit sits in the batch; None (mask executor):
+    use the mask the model hands to each layer, which is the explicit one the runner passed.
+    """
+
+    implementation: str  # the attention that does the work: "sdpa" or "eager"
     device: Any
     dtype: Any
+    extents: list[tuple[int, int, int, Any]] | None = None  # (row, start, end, packing.Unit)
     _masks: dict[tuple[int, int | None], Any] = field(default_factory=dict)
 
     def mask(self, index: int, window: int | None) -> Any:
-        """The unit's own mask for this layer's window (None: plain causal under SDPA)."""
+        """A unit's own mask for this layer's window (None: plain causal under SDPA)."""
         key = (index, window)
         if key not in self._masks:
             import torch
 
+            assert self.extents is not None
             _, start, end, unit = self.extents[index]
             needs_window = window is not None and end - start > window
             if unit.plain and not needs_window and self.implementation == "sdpa":
@@ -122,6 +134,18 @@ class SegmentPlan:
         return self._masks[key]
 
 
+class _HeadsExpanded:
+    """An attention module as the inner function sees it once key/value heads are expanded."""
+
+    num_key_value_groups = 1
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
 def _eager_of(module: Any) -> Any:
     found = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if found is None:
@@ -129,23 +153,31 @@ def _eager_of(module: Any) -> Any:
     return found
 
 
-def segment_attention(
+def ches_attention(
     module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
 ) -> tuple[Any, None]:
-    """Attention per unit: each unit's queries see only that unit's keys, under its own mask.
+    """The runner's attention: the underlying implementation, per unit or with the given mask.
 
-    Registered as ``ches_segments``; the runner passes ``ches_segments=SegmentPlan(...)``
-    through the model's forward keyword arguments, which transformers hands to every layer.
+    Registered as ``ches``; the runner passes ``ches_plan=AttentionPlan(...)`` through the
+    model's forward keyword arguments, which transformers hands to every attention layer.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    plan: SegmentPlan | None = kwargs.pop("ches_segments", None)
+    plan: AttentionPlan | None = kwargs.pop("ches_plan", None)
     if plan is None:
-        raise LayoutUnsupported("ches_segments attention was called without a segment plan")
+        raise LayoutUnsupported("ches attention was called without a plan")
     if plan.implementation == "eager":
         inner = _eager_of(module)
     else:
         inner = ALL_ATTENTION_FUNCTIONS[plan.implementation]
+        groups = getattr(module, "num_key_value_groups", 1)
+        if query.device.type == "cuda" and groups > 1:  # see the module docstring
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+            module = _HeadsExpanded(module)
+    if plan.extents is None:
+        output, _ = inner(module, query, key, value, attention_mask, **kwargs)
+        return output, None
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     rows, heads, length, head_dim = query.shape
     output = query.new_zeros((rows, length, heads, head_dim))
@@ -165,7 +197,7 @@ def segment_attention(
 def _register() -> None:
     from transformers import AttentionInterface
 
-    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+    AttentionInterface.register(CHES_ATTENTION, ches_attention)
 
 
 @contextmanager
@@ -176,7 +208,7 @@ def attention_implementation(model: Any, name: str | None) -> Iterator[None]:
     if name is None or name == previous:
         yield
         return
-    if name == SEGMENT_ATTENTION:
+    if name == CHES_ATTENTION:
         _register()
     config._attn_implementation = name
     try:

@@ -92,7 +92,7 @@ class HiddenStateRunner:
     ``prefix_shared`` or ``packed``. ``attention``: ``auto``, ``mask`` or ``segments`` (see
     :mod:`.attention`). ``attn_implementation``: run the model with this attention
     implementation (``sdpa``, ``eager``) instead of the one it was loaded with. ``row_tokens``:
-    capacity of a packed row (default: the whole budget on CPU, 2048 on GPU).
+    capacity of a packed row (default: the whole budget on CPU, 1024 on GPU).
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class HiddenStateRunner:
         self.stats = RunnerStats()
         self.implementation = attn_implementation or attn.current_implementation(self.model)
         on_gpu = self.device.type == "cuda"
-        self.row_tokens = row_tokens or (2048 if on_gpu else None)
+        self.row_tokens = row_tokens or (1024 if on_gpu else None)
         self.engine = self._choose(mode, attention)
         if log and (self.engine.mode != mode or mode == "auto"):
             log(f"engine: {self.describe()}")
@@ -346,30 +346,21 @@ class HiddenStateRunner:
             "branch": self._to_device(batch.branch),
         }
         input_ids = self._to_device(batch.ids)
+        plan = attn.AttentionPlan(implementation=self.implementation, device=self.device, dtype=self.dtype)
+        masks = None
+        if executor == "segments":
+            plan.extents = batch.unit_extents()
+        else:
+            masks = attn.model_masks(self.model.config, tensors, self.implementation, self.dtype)
         with torch.inference_mode():
-            if executor == "segments":
-                plan = attn.SegmentPlan(
-                    extents=batch.unit_extents(),
-                    implementation=self.implementation,
-                    device=self.device,
-                    dtype=self.dtype,
-                )
-                with attn.attention_implementation(self.model, attn.SEGMENT_ATTENTION):
-                    hidden = self.model(
-                        input_ids=input_ids,
-                        position_ids=tensors["positions"],
-                        use_cache=False,
-                        ches_segments=plan,
-                    ).last_hidden_state
-            else:
-                masks = attn.model_masks(self.model.config, tensors, self.implementation, self.dtype)
-                with attn.attention_implementation(self.model, self.implementation):
-                    hidden = self.model(
-                        input_ids=input_ids,
-                        position_ids=tensors["positions"],
-                        attention_mask=masks,
-                        use_cache=False,
-                    ).last_hidden_state
+            with attn.attention_implementation(self.model, attn.CHES_ATTENTION):
+                hidden = self.model(
+                    input_ids=input_ids,
+                    position_ids=tensors["positions"],
+                    attention_mask=masks,
+                    use_cache=False,
+                    ches_plan=plan,
+                ).last_hidden_state
             self._reduce(hidden, batch, sums, lasts)
 
 

@@ -1,0 +1,165 @@
+"""The engine on CUDA equals the reference on CUDA (float32, TF32 off): ``pytest -m gpu``.
+
+Tiny random Llama and Gemma-3 models built from a config (no tokenizer or download needed, so
+this runs on a bare GPU machine), synthetic pairs of mixed lengths whose responses share
+prefixes or nothing at all, both conventions' spans, every layout, both executors, SDPA and
+eager attention, budgets from "every pair alone" to "all in one batch", shuffled order.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ches_filter.records import SequenceSpan, TokenizedPair
+
+pytestmark = pytest.mark.gpu
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+REL = 1e-4
+LAYOUTS = [
+    ("two_sequences", "auto"),
+    ("prefix_shared", "mask"),
+    ("prefix_shared", "segments"),
+    ("packed", "mask"),
+    ("packed", "segments"),
+]
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[TokenizedPair]:
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(n):
+        prompt = [int(x) for x in rng.integers(3, 500, int(rng.integers(1, 60)))]
+        chosen = [int(x) for x in rng.integers(3, 500, int(rng.integers(1, 30)))]
+        rejected = [int(x) for x in rng.integers(3, 500, int(rng.integers(1, 30)))]
+        if i % 5 == 1:
+            rejected = chosen[: len(chosen) // 2] + rejected  # a common prefix past the prompt
+        official = i % 3 == 0
+        p = len(prompt)
+
+        def span(response, official=official, prompt=prompt, p=p):
+            ids = tuple(prompt + response)
+            return SequenceSpan(ids, p - 1, len(ids) if official else p + len(response) - 1)
+
+        pairs.append(TokenizedPair(i, p, span(chosen), span(rejected), tuple(chosen), tuple(rejected)))
+    return pairs
+
+
+def tiny(kind: str):
+    from transformers import AutoModel, Gemma3TextConfig, LlamaConfig
+
+    from ches_filter.model.load import LoadedModel, ModelSpec
+
+    common = dict(vocab_size=512, max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if kind == "llama":
+        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, **common)  # fmt: skip
+    else:
+        config = Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                  sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                                  **common)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config, dtype=torch.float32).to("cuda").eval()
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    return LoadedModel(model, tokenizer, None, ModelSpec(device="cuda"), torch.device("cuda"), torch.float32)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model_and_reference(request):
+    """The model on CUDA, and the reference computed on a CPU copy of it.
+
+    Not on CUDA: with torch 2.11 (cu130, H100) SDPA's default kernel returned a wrong hidden
+    state for the 65th token of a 65-token sequence under Gemma-3's sliding-window mask (eager
+    and the math backend were right), so a CUDA reference is not a reference.
+    """
+    import copy
+
+    from ches_filter.reference import reference_scores
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    loaded = tiny(request.param)
+    on_cpu = copy.deepcopy(loaded.model).to("cpu")
+    pairs = synthetic_pairs(24)
+    return loaded, pairs, {p.row_id: reference_scores(on_cpu, p) for p in pairs}
+
+
+def assert_close(got, want) -> None:
+    scale = max(abs(want.dot_chosen_rejected), want.sq_norm_chosen, 1e-12)
+    n, m = want.chosen_tokens, want.rejected_tokens
+    ln_scale = max(abs(want.dot_chosen_rejected) / (n * m), want.sq_norm_chosen / (n * n))
+    assert got.ches == pytest.approx(want.ches, abs=REL * scale), want.row_id
+    assert got.ln_ches == pytest.approx(want.ln_ches, abs=REL * ln_scale), want.row_id
+    for name in ("dot_chosen_rejected", "sq_norm_chosen", "sq_norm_rejected", "last_hidden_inner"):
+        assert getattr(got, name) == pytest.approx(getattr(want, name), rel=REL), (want.row_id, name)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize(("mode", "executor"), LAYOUTS)
+def test_cuda_engine_equals_reference(model_and_reference, mode, executor, implementation):
+    from ches_filter.model.runner import HiddenStateRunner
+    from ches_filter.scores import score_pair
+
+    loaded, pairs, reference = model_and_reference
+    if mode == "two_sequences" and implementation == "sdpa" and loaded.model.config.num_key_value_heads == 1:
+        pytest.xfail(
+            "the model's own SDPA path (as the official script runs it) on torch 2.11/cu130: "
+            "repeat_kv's zero-stride key/value view + a mask gives a wrong state on CUDA"
+        )
+    shuffled = list(pairs)
+    random.Random(3).shuffle(shuffled)
+    for budget in (1, 200, 1 << 20):
+        for order in (pairs, shuffled, pairs[:1]):
+            runner = HiddenStateRunner(
+                loaded, max_batch_tokens=budget, mode=mode, attention=executor,
+                attn_implementation=implementation,
+            )  # fmt: skip
+            assert runner.mode == mode, runner.describe()
+            sums = runner.run(order)
+            assert [s.row_id for s in sums] == [p.row_id for p in order]
+            for pair, pair_sums in zip(order, sums, strict=True):
+                assert_close(score_pair(pair, pair_sums), reference[pair.row_id])
+
+
+def test_cuda_auto_engine(model_and_reference):
+    from ches_filter.model.runner import HiddenStateRunner
+
+    loaded, _, _ = model_and_reference
+    runner = HiddenStateRunner(loaded)
+    assert runner.mode == "packed", runner.describe()
+
+
+@pytest.mark.parametrize("executor", ["mask", "segments"])
+def test_one_kv_head_lengths_around_a_kernel_block(executor):
+    """Units of 56-80 tokens on a one-KV-head model with a sliding window: the shapes where the
+    zero-stride key/value view went wrong (the ``ches`` attention expands heads on CUDA)."""
+    import copy
+
+    from ches_filter.model.runner import HiddenStateRunner
+    from ches_filter.reference import reference_scores
+    from ches_filter.scores import score_pair
+
+    loaded = tiny("gemma3")
+    on_cpu = copy.deepcopy(loaded.model).to("cpu")
+    rng = np.random.default_rng(5)
+    pairs = []
+    for i, total in enumerate(range(56, 81)):
+        prompt = [int(x) for x in rng.integers(3, 500, total - 9)]
+        chosen = [int(x) for x in rng.integers(3, 500, 4)]
+        rejected = [int(x) for x in rng.integers(3, 500, 5)]
+        p = len(prompt)
+        pairs.append(TokenizedPair(
+            i, p, SequenceSpan(tuple(prompt + chosen), p - 1, p + 3),
+            SequenceSpan(tuple(prompt + rejected), p - 1, p + 4), tuple(chosen), tuple(rejected),
+        ))  # fmt: skip
+    runner = HiddenStateRunner(loaded, max_batch_tokens=1, mode="packed", attention=executor)
+    for pair, pair_sums in zip(pairs, runner.run(pairs), strict=True):
+        assert_close(score_pair(pair, pair_sums), reference_scores(on_cpu, pair))
