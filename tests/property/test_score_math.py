@@ -19,7 +19,11 @@ from ches_filter.records import PairSums, SequenceSpan, Status, TokenizedPair
 
 quick = settings(max_examples=100, deadline=None)
 
-finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False, width=64)
+# Tiny magnitudes flushed to 0: their products underflow to subnormals, where scaling by a power
+# of two is not exact (hypothesis found -5.7e-308); hidden states never live there.
+finite = st.floats(
+    min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False, width=64
+).map(lambda x: 0.0 if abs(x) < 1e-6 else x)
 dims = st.integers(min_value=1, max_value=48)
 
 
