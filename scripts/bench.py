@@ -243,7 +243,7 @@ def engine_run(
 ):
     from ches_filter.model.runner import HiddenStateRunner
 
-    runner = HiddenStateRunner(loaded, max_batch_tokens=budget, row_tokens=row_tokens, **settings)
+    runner = HiddenStateRunner(loaded, max_batch_tokens=budget, row_tokens=row_tokens, timed=True, **settings)
     out = []
     started = time.perf_counter()
     for start in range(0, len(pairs), window):
@@ -431,8 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({machine['gpu']})" if "gpu" in machine else ""),
         f"model: {args.model}{' (random weights, same shape)' if args.random_init else ''}, "
         f"engine dtype {str(loaded.dtype).removeprefix('torch.')}, --max-batch-tokens {args.max_batch_tokens}",
-        f"data: {len(pairs)} HH-RLHF pairs ({n_ref} for a/b0), prompt {prompt:.0f} + responses "
-        f"{response:.0f} tokens on average; tokenising took {tokenise_s * 1e3:.1f} ms per pair",
+        f"data: {len(pairs)} HH-RLHF pairs"
+        + (f" ({n_ref} for a/b0)" if {"a", "b0"} & set(steps) else "")
+        + f", prompt {prompt:.0f} + responses {response:.0f} tokens on average; "
+        + (f"tokenising took {tokenise_s * 1e3:.1f} ms per pair" if tokenise_s == tokenise_s else "tokenised elsewhere"),
         f"matmul 2048x2048 (F.linear): fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s, the best "
         f"of {len(matmul['float32'])} measurements spread over the run (fp32: "
         f"{', '.join(f'{v:.0f}' for v in matmul['float32'])})",

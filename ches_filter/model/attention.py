@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .packing import SHARED
+from .packing import SHARED, attention_allowed
 
 CHES_ATTENTION = "ches"
 EXECUTORS = ("mask", "segments")
@@ -125,12 +125,11 @@ class AttentionPlan:
             needs_window = window is not None and end - start > window
             if unit.plain and not needs_window and self.implementation == "sdpa":
                 self._masks[key] = None
-            else:
-                positions = torch.as_tensor(unit.positions, device=self.device)[None]
-                branch = torch.as_tensor(unit.branch, device=self.device)[None]
-                same = torch.zeros_like(positions)
-                mask = allowed_mask(same, positions, branch, window)
-                self._masks[key] = _for_implementation(mask, self.implementation, self.dtype)
+            else:  # additive, built once per unit and window (not converted again per layer)
+                allowed = torch.from_numpy(attention_allowed(unit.positions, unit.branch, window))
+                mask = torch.zeros(allowed.shape, dtype=self.dtype)
+                mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+                self._masks[key] = mask[None, None].to(self.device)
         return self._masks[key]
 
 
