@@ -41,6 +41,7 @@ from ches_filter.data.shards import (
 )
 from ches_filter.data.sources import RowSource, SourceSpec, open_source
 from ches_filter.errors import DatasetError, OptionError
+from ches_filter.model.host_memory import retain_freed_memory
 from ches_filter.model.load import LoadedModel, ModelSpec, load_model, pick_device, resolve_model
 from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, ENGINES, HiddenStateRunner
 from ches_filter.records import PairScores, PreferencePair, RowProblem, Status, TokenizedPair
@@ -198,6 +199,8 @@ class PairScorer:
     ) -> None:
         self.loaded = loaded
         self.tokenizer = PairTokenizer(loaded.tokenizer, tokenization)
+        if loaded.device.type == "cpu":  # large activations: no page faults per layer
+            retain_freed_memory()
         self.runner = HiddenStateRunner(loaded, max_batch_tokens=max_batch_tokens, mode=engine, log=log)
 
     def score(self, items: Sequence[PreferencePair | RowProblem]) -> list[PairScores]:
