@@ -17,7 +17,9 @@ Every engine row is checked equal to (a) (ln_ches within 1e-4 of the scale of it
 fast row is never a wrong one. Each engine configuration runs ``--repeats`` times, interleaved
 with the others, and its fastest run is kept (other processes share the machine). The matmul
 throughput of the machine is measured at the start and at the end of the same run; the higher
-figure is the one the forward passes are compared with.
+figure is the one the forward passes are compared with. glibc's malloc is set to keep freed
+memory, as ``ches score`` does on a CPU, for every step, (a) included (``--allocator default``
+leaves it alone for every step).
 
 FLOPs counted: 2 x (weights of every linear layer of the base model) per token computed, plus
 4 x heads x head_dim x layers per (query, key) pair the attention actually allows; (a) also
@@ -264,26 +266,6 @@ def max_error(pairs: list[Any], sums: list[Any], reference: list[Any]) -> float:
     return worst
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v[np.r_[False, np.diff(v[order]) == 0]] if len(v) else []):
-            tied = v == value
-            r[tied] = r[tied].mean()
-        return r
-
-    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
-
-
-def top_overlap(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[int, int]:
-    k = max(1, int(round(len(x) * fraction)))
-    a = set(np.argsort(-x, kind="mergesort")[:k])
-    b = set(np.argsort(-y, kind="mergesort")[:k])
-    return len(a & b), k
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -337,10 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="a,b0,b1,b2,b3,b3'", help="comma-separated steps to run")
     parser.add_argument("--rank", type=int, default=0, metavar="N",
                         help="also score N pairs in float32 and bfloat16 and compare the rankings")  # fmt: skip
+    parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                        help="retain: glibc keeps freed memory, as `ches score` sets it on a CPU, for every "
+                        "step, (a) included; default: leave malloc alone, for every step")  # fmt: skip
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
 
     import torch
+
+    from ches_filter.model.host_memory import retain_freed_memory
+
+    allocator = "retains freed memory" if args.allocator == "retain" and retain_freed_memory() else "default"
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -428,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
         f"({machine['torch_threads']} threads), transformers {machine['transformers']}, device {machine['device']}"
-        + (f" ({machine['gpu']})" if "gpu" in machine else ""),
+        + (f" ({machine['gpu']})" if "gpu" in machine else "")
+        + f"; malloc: {allocator}",
         f"model: {args.model}{' (random weights, same shape)' if args.random_init else ''}, "
         f"engine dtype {str(loaded.dtype).removeprefix('torch.')}, --max-batch-tokens {args.max_batch_tokens}",
         f"data: {len(pairs)} HH-RLHF pairs"
@@ -472,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "machine": machine, "args": vars(args), "matmul": matmul, "results": table,
+            "machine": machine, "allocator": allocator, "args": vars(args), "matmul": matmul, "results": table,
             "rank": rank_report,
         }, indent=2, default=str))  # fmt: skip
     return 0
@@ -480,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def rank_comparison(args: argparse.Namespace, pairs: list[Any], say: Any) -> dict[str, Any]:
     """Score the first N pairs in float32 and in bfloat16 with the default engine; compare."""
+    from compare_rankings import compare, table
+
     from ches_filter.scores import score_pair
 
     n = args.rank
@@ -502,17 +494,10 @@ def rank_comparison(args: argparse.Namespace, pairs: list[Any], say: Any) -> dic
         f"bf16 vs fp32 ranking on {len(pairs)} HH-RLHF pairs ({args.device}; fp32 {timing['float32']:.2f} "
         f"pairs/s, bf16 {timing['bfloat16']:.2f} pairs/s):",
         "",
-        "| score | Spearman | top-1% overlap | top-5% overlap | top-10% overlap |",
-        "|---|---:|---:|---:|---:|",
     ]
-    report: dict[str, Any] = {"pairs": len(pairs), "pairs_per_s": timing}
-    for name in ("ln_ches", "ches"):
-        x, y = scores["float32"][name], scores["bfloat16"][name]
-        rho = spearman(x, y)
-        overlaps = [top_overlap(x, y, f) for f in (0.01, 0.05, 0.10)]
-        report[name] = {"spearman": rho, "top_overlap": overlaps}
-        cells = " | ".join(f"{hit}/{k}" for hit, k in overlaps)
-        lines.append(f"| {name} | {rho:.4f} | {cells} |")
+    found = {name: compare(scores["float32"][name], scores["bfloat16"][name]) for name in ("ln_ches", "ches")}
+    lines.extend(table(found))
+    report: dict[str, Any] = {"pairs": len(pairs), "pairs_per_s": timing, **found}
     report["lines"] = lines
     return report
 

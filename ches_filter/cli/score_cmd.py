@@ -121,7 +121,7 @@ def score_command(
         str,
         typer.Option("--engine", rich_help_panel=MODEL,
                      help="Layout of the forward passes: auto (the fastest one checked equal on "
-                     "this model), packed, prefix_shared or two_sequences."),
+                     "this model), packed, prefix_shared or two_sequences (see docs/performance.md)."),
     ] = "auto",
     rows_per_shard: Annotated[
         int, typer.Option("--rows-per-shard", rich_help_panel=OUTPUT, help="Rows in each Parquet shard.")
