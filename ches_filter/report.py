@@ -482,7 +482,8 @@ def _why(pair: dict[str, Any], data: dict[str, Any]) -> list[str]:
     by = data["by"]
     s = pair["scores"]
     n = data["counts"]["ranked"]
-    reasons = [f"{by} {fmt(s[by])}: riskier than {pair['percentile']:.1f}% of the other ranked pairs"
+    below = math.floor(10 * pair["percentile"]) / 10  # 99.96 reads 99.9, never 100.0
+    reasons = [f"{by} {fmt(s[by])}: riskier than {below:.1f}% of the other ranked pairs"
                f" (rank {pair['rank']:,} of {n:,})"
                if pair["rank"] > 1 else f"{by} {fmt(s[by])}: the riskiest of the {n:,} ranked pairs"]
     if s.get("edit_distance") is not None:
