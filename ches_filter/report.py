@@ -73,13 +73,31 @@ def score_stats(values: np.ndarray, *, bins: int = HIST_BINS) -> dict[str, Any]:
     values = _finite(values)
     if values.size == 0:
         return {"n": 0, "mean": None, "std": None, "quantiles": None, "histogram": None}
-    counts, edges = np.histogram(values, bins=bins)
     return {
         "n": int(values.size),
         "mean": float(values.mean()),
         "std": float(values.std()),
         "quantiles": {k: float(np.quantile(values, q)) for k, q in QUANTILES.items()},
-        "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+        "histogram": clipped_histogram(values, bins=bins),
+    }
+
+
+def clipped_histogram(values: np.ndarray, *, bins: int = HIST_BINS, tail: float = 0.01) -> dict[str, Any]:
+    """Bins over the 1st to 99th percentile, the values beyond counted in the two edge bins.
+
+    Raw CHES spans eight orders of magnitude on real data; bins over its full range put nearly
+    every pair into one bar. ``below``/``above`` say how many values the edge bins hold from
+    beyond their edges (so ``sum(counts) == n`` still holds).
+    """
+    lo, hi = (float(v) for v in np.quantile(values, [tail, 1 - tail]))
+    if not lo < hi:
+        lo, hi = float(values.min()), float(values.max())
+    counts, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi) if lo < hi else None)
+    return {
+        "edges": [float(e) for e in edges],
+        "counts": [int(c) for c in counts],
+        "below": int((values < edges[0]).sum()),
+        "above": int((values > edges[-1]).sum()),
     }
 
 
@@ -772,8 +790,10 @@ def _svg_histogram(hist: dict[str, Any] | None, *, label: str, marker: float | N
                      f'height="{bh:.1f}" fill="#6e7781"><title>{esc(fmt(edges[k]))} to '
                      f'{esc(fmt(edges[k + 1]))}: {n}</title></rect>')
     parts.append(f'<line x1="{pad_l}" y1="{h - pad_b}" x2="{w - 4}" y2="{h - pad_b}" stroke="#59636e"/>')
-    parts.append(f'<text x="{pad_l}" y="{h - 8}" font-size="10" fill="#59636e">{esc(fmt(lo))}</text>')
-    parts.append(f'<text x="{w - 4}" y="{h - 8}" font-size="10" fill="#59636e" text-anchor="end">{esc(fmt(hi))}</text>')
+    lo_text = ("≤ " if hist.get("below") else "") + fmt(lo)  # the edge bins hold the tails
+    hi_text = ("≥ " if hist.get("above") else "") + fmt(hi)
+    parts.append(f'<text x="{pad_l}" y="{h - 8}" font-size="10" fill="#59636e">{esc(lo_text)}</text>')
+    parts.append(f'<text x="{w - 4}" y="{h - 8}" font-size="10" fill="#59636e" text-anchor="end">{esc(hi_text)}</text>')
     parts.append(f'<text x="{pad_l - 4}" y="{pad_t + 8}" font-size="10" fill="#59636e" text-anchor="end">{top}</text>')
     if marker is not None and lo <= marker <= hi:
         mx = pad_l + (w - pad_l - 4) * (marker - lo) / span
@@ -786,9 +806,13 @@ def _svg_histogram(hist: dict[str, Any] | None, *, label: str, marker: float | N
 def _svg_scatter(xs: list[float], ys: list[float], *, xlabel: str, ylabel: str) -> str:
     if not xs:
         return "<p>no values</p>"
-    w, h, pad_l, pad_b, pad_t, pad_r = 320, 200, 40, 30, 8, 6
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    w, h, pad_l, pad_b, pad_t, pad_r = 320, 200, 62, 30, 8, 6
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = (float(v) for v in np.quantile(ys, [0.01, 0.99]))  # the tails sit on the edges
+    if not y0 < y1:
+        y0, y1 = min(ys), max(ys)
     sx, sy = (x1 - x0) or 1.0, (y1 - y0) or 1.0
+    ys = [min(max(y, y0), y1) for y in ys]
     parts = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-label="{esc(ylabel)} against {esc(xlabel)}">']
     parts.append(f'<rect x="{pad_l}" y="{pad_t}" width="{w - pad_l - pad_r}" height="{h - pad_t - pad_b}" '
                  'fill="none" stroke="#d1d9e0"/>')
@@ -940,7 +964,8 @@ def render_html(data: dict[str, Any]) -> str:
     for name in ("ln_ches", "ches"):
         out.append(f"<figure>{_svg_scatter(sample['length_diff'], sample[name], xlabel='n− − n+ (tokens)', ylabel=name)}"
                    f"<figcaption>{esc(name)} against the length difference ({len(sample[name]):,} "
-                   "pairs shown)</figcaption></figure>")
+                   "pairs shown; y axis from the 1st to the 99th percentile, pairs beyond it on its edges)"
+                   "</figcaption></figure>")
     out.append("</div>")
 
     out.append("<h2>Status of every row</h2><div class=\"scroll\"><table><thead><tr><th>status</th>"

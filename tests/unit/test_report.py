@@ -90,6 +90,22 @@ def test_json_numbers_match_the_shards(scores_dir, data):
     assert reloaded["highlight"]["status"] == "off"
 
 
+def test_histogram_bins_the_bulk_and_counts_the_tails_in_the_edge_bins():
+    from ches_filter.report import clipped_histogram
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, 990), [-1e8, -5e7, 3e7] + [1e6] * 7])  # raw-CHES-like tails
+    hist = clipped_histogram(values, bins=20)
+    assert sum(hist["counts"]) == values.size
+    edges = np.array(hist["edges"])
+    assert hist["below"] == int((values < edges[0]).sum()) > 0
+    assert hist["above"] == int((values > edges[-1]).sum()) > 0
+    assert edges[-1] - edges[0] < 20  # bins over the bulk, not over 1e8
+    assert sum(c > 0 for c in hist["counts"]) > 10  # the bulk is spread over the bins
+    constant = clipped_histogram(np.full(5, 2.0))
+    assert sum(constant["counts"]) == 5 and constant["below"] == constant["above"] == 0
+
+
 def test_length_section_shows_raw_ches_tracks_length():
     x = np.arange(50, dtype=float)
     assert spearman(x, x**2) == pytest.approx(1.0)
