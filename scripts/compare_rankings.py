@@ -26,17 +26,6 @@ FRACTIONS = (0.01, 0.05, 0.10)
 LOWEST = 0.05
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 0, ties sharing the mean of the ranks they span."""
-    _unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts
-    return (first + (counts - 1) / 2.0)[inverse]
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.corrcoef(average_ranks(x), average_ranks(y))[0, 1])
-
-
 def top_overlap(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[int, int]:
     """(how many of x's top k are in y's top k, k), k = round(fraction x n), at least 1."""
     k = max(1, int(round(len(x) * fraction)))
@@ -46,6 +35,8 @@ def top_overlap(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[int, int
 
 
 def compare(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from ches_filter.report import spearman  # average ranks for ties, as the report's
+
     return {
         "pairs": len(x),
         "spearman": spearman(x, y),
@@ -63,7 +54,8 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
     for name, found in rows.items():
         overlaps = [*found["top_overlap"], found["lowest_overlap"]]
         cells = " | ".join(f"{hit}/{k}" for hit, k in overlaps)
-        lines.append(f"| {name} | {found['pairs']:,} | {found['spearman']:.4f} | {cells} |")
+        rho = "—" if found["spearman"] is None else f"{found['spearman']:.4f}"
+        lines.append(f"| {name} | {found['pairs']:,} | {rho} | {cells} |")
     return lines
 
 

@@ -15,23 +15,12 @@ compare_rankings = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare_rankings)
 
 
-def test_average_ranks_share_ties() -> None:
-    ranks = compare_rankings.average_ranks(np.array([3.0, 1.0, 2.0, 2.0]))
-    assert ranks.tolist() == [3.0, 0.0, 1.5, 1.5]
+def test_spearman_is_the_reports() -> None:
+    from ches_filter.report import spearman
 
-
-def test_spearman_of_monotone_maps() -> None:
     x = np.array([0.5, -2.0, 7.0, 3.0, 1.0])
-    assert compare_rankings.spearman(x, np.exp(x)) == pytest.approx(1.0, abs=1e-12)
-    assert compare_rankings.spearman(x, -x) == pytest.approx(-1.0, abs=1e-12)
-
-
-def test_spearman_matches_the_textbook_formula_without_ties() -> None:
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=50), rng.normal(size=50)
-    d = np.argsort(np.argsort(x)) - np.argsort(np.argsort(y))
-    n = len(x)
-    assert abs(compare_rankings.spearman(x, y) - (1 - 6 * (d**2).sum() / (n * (n * n - 1)))) < 1e-12
+    found = compare_rankings.compare(x, np.exp(x))
+    assert found["spearman"] == spearman(x, np.exp(x)) == pytest.approx(1.0)
 
 
 def test_top_overlap_counts_the_riskiest() -> None:
