@@ -15,6 +15,7 @@ with a reason naming the field, never an exception. Layouts are documented for u
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -279,7 +280,7 @@ def _excerpt(text: str, at: int) -> str:
 # --------------------------------------------------------------------------- layouts
 
 
-class Layout:
+class Layout(ABC):
     """One adapter: knows which fields hold the prompt and responses, and how to read them."""
 
     name: ClassVar[str]
@@ -345,8 +346,9 @@ class Layout:
         except _Problem as problem:
             return RowProblem(row_id, problem.status, problem.reason)
 
+    @abstractmethod
     def _extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair:
-        raise NotImplementedError
+        """The pair in a row of this layout; raises _Problem for a row that has none."""
 
 
 class StandardLayout(Layout):

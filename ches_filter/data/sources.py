@@ -21,6 +21,7 @@ import os
 import random
 import re
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -478,7 +479,7 @@ def _infer_json_schema(rows: Iterator[Row], display: str) -> pa.Schema:
 # --------------------------------------------------------------------------- sources
 
 
-class RowSource:
+class RowSource(ABC):
     """A re-iterable stream of ``(row_id, row)`` in source order (see :func:`open_source`)."""
 
     spec: SourceSpec
@@ -505,14 +506,16 @@ class RowSource:
         self._fingerprint: str | None = None
 
     # Subclasses provide the raw rows (every row, in order) and optionally a stored schema.
+    @abstractmethod
     def _rows(self) -> Iterator[Row]:
-        raise NotImplementedError
+        """Every raw row of the source, in order."""
 
     def _stored_schema(self) -> pa.Schema | None:
         return None
 
+    @abstractmethod
     def _compute_fingerprint(self) -> str:
-        raise NotImplementedError
+        """A fingerprint of the source's content (see :meth:`fingerprint`)."""
 
     def _limited(self) -> Iterator[Row]:
         rows = self._rows()
