@@ -773,6 +773,16 @@ def esc(text: Any) -> str:
     return html.escape(visible_controls(str(text)), quote=True)
 
 
+def _bin_range(hist: dict[str, Any], k: int) -> str:
+    """A bin's range as its tooltip says it; the edge bins also hold the tails beyond them."""
+    edges, last = hist["edges"], len(hist["counts"]) - 1
+    if k == 0 and hist.get("below"):
+        return f"≤ {fmt(edges[1])} ({hist['below']:,} below {fmt(edges[0])})"
+    if k == last and hist.get("above"):
+        return f"≥ {fmt(edges[k])} ({hist['above']:,} above {fmt(edges[k + 1])})"
+    return f"{fmt(edges[k])} to {fmt(edges[k + 1])}"
+
+
 def _svg_histogram(hist: dict[str, Any] | None, *, label: str, marker: float | None = None) -> str:
     if not hist:
         return "<p>no values</p>"
@@ -787,8 +797,7 @@ def _svg_histogram(hist: dict[str, Any] | None, *, label: str, marker: float | N
         bh = (h - pad_b - pad_t) * n / top
         x = pad_l + k * bar_w
         parts.append(f'<rect x="{x:.1f}" y="{h - pad_b - bh:.1f}" width="{max(bar_w - 1, 0.5):.1f}" '
-                     f'height="{bh:.1f}" fill="#6e7781"><title>{esc(fmt(edges[k]))} to '
-                     f'{esc(fmt(edges[k + 1]))}: {n}</title></rect>')
+                     f'height="{bh:.1f}" fill="#6e7781"><title>{esc(_bin_range(hist, k))}: {n}</title></rect>')
     parts.append(f'<line x1="{pad_l}" y1="{h - pad_b}" x2="{w - 4}" y2="{h - pad_b}" stroke="#59636e"/>')
     lo_text = ("≤ " if hist.get("below") else "") + fmt(lo)  # the edge bins hold the tails
     hi_text = ("≥ " if hist.get("above") else "") + fmt(hi)

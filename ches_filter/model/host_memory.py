@@ -6,8 +6,9 @@ mmap threshold (which grows to at most 32 MiB) with a fresh ``mmap`` and gives t
 kernel when freed, and trims freed memory at the top of the heap; so every layer of every batch
 touches new pages, each one a page fault that the kernel zero-fills. Measured on this project's
 2-core machine, scoring 64 HH-RLHF pairs with the packed engine: 7.1 million minor page faults and
-11 s of system time in a 37 s process; with :func:`retain_freed_memory`, 0.24 million and 0.7 s,
-and the forward passes 15-20 % faster (docs/performance.md).
+11 s of system time in a 37 s process; with :func:`retain_freed_memory`, 0.24 million and 0.7 s.
+Back to back, 64 pairs took 15.1-15.8 s per run without it and 13.1-13.4 s with it
+(docs/performance.md).
 
 The cost: memory freed by the forward passes stays in the process (its resident size stays at
 its peak) instead of going back to the kernel. That is what a scoring process wants; a process
