@@ -282,25 +282,31 @@ def filter_scores(
         if removed_path is not None
         else None
     )
-    expected_ids = table.column("row_id").to_numpy()
-    offset = 0
-    for batch in folder.iter_batches(read_columns, batch_size):
-        size = batch.num_rows
-        ids = batch.column("row_id").to_numpy(zero_copy_only=False)
-        if offset + size > expected_ids.size or not np.array_equal(
-            ids, expected_ids[offset : offset + size]
-        ):
+    try:
+        expected_ids = table.column("row_id").to_numpy()
+        offset = 0
+        for batch in folder.iter_batches(read_columns, batch_size):
+            size = batch.num_rows
+            ids = batch.column("row_id").to_numpy(zero_copy_only=False)
+            if offset + size > expected_ids.size or not np.array_equal(
+                ids, expected_ids[offset : offset + size]
+            ):
+                raise DatasetError(f"the shards under {folder.path} changed while filtering")
+            keep = pa.array(selection.keep[offset : offset + size])
+            offset += size
+            rows = batch.select(columns)
+            kept_writer.write_rows(rows.filter(keep).to_pylist())
+            if removed_writer is not None:
+                removed_writer.write_rows(rows.filter(pc.invert(keep)).to_pylist())
+        if offset != expected_ids.size:
             raise DatasetError(f"the shards under {folder.path} changed while filtering")
-        keep = pa.array(selection.keep[offset : offset + size])
-        offset += size
-        rows = batch.select(columns)
-        kept_writer.write_rows(rows.filter(keep).to_pylist())
+        kept_paths = kept_writer.close()
+        removed_paths = removed_writer.close() if removed_writer is not None else []
+    except BaseException:  # interrupted or failed: no shard is renamed to look complete
+        kept_writer.abort()
         if removed_writer is not None:
-            removed_writer.write_rows(rows.filter(pc.invert(keep)).to_pylist())
-    if offset != expected_ids.size:
-        raise DatasetError(f"the shards under {folder.path} changed while filtering")
-    kept_paths = kept_writer.close()
-    removed_paths = removed_writer.close() if removed_writer is not None else []
+            removed_writer.abort()
+        raise
 
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     removed_status = status[~selection.keep]

@@ -5,8 +5,11 @@
 Everything that can be checked without the model (the dataset opens, a layout fits, the options
 make sense, the output folder can be written, the model can be found) is checked first, so bad
 input costs no model load. Rows are then streamed in windows of ``window`` pairs: each window is
-tokenised, sent through batched forward passes, scored and written before the next is read, so
-memory stays bounded whatever the dataset's size. Every input row appears in the output exactly
+tokenised, sent through batched forward passes, scored and handed to the shard writer, with at
+most a few windows in flight, so memory stays bounded whatever the dataset's size. With
+``tokenizer_workers`` (the default on a GPU) the next windows are tokenised in worker processes
+while the model runs this one (:mod:`.tokenizer_pool`); shards are written on a background
+thread (:class:`~ches_filter.data.shards.ShardWriter`). Every input row appears in the output exactly
 once, in source order, with a ``status``; rows that can't be scored carry a ``reason`` and null
 scores. Identical responses never reach the model.
 
@@ -21,7 +24,7 @@ import heapq
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,10 +55,12 @@ from ches_filter.tokenization import (
     chat_template_fingerprint,
     tokenizer_fingerprint,
 )
+from ches_filter.tokenizer_pool import TokenizerPool, auto_workers, encode_all
 
 #: The version of ../shared/spec/ches.md these scores follow (recorded in every manifest).
 SPEC_VERSION = "1"
 DEFAULT_WINDOW = 256  # pairs read, tokenised and scored together (bounds memory)
+WINDOWS_AHEAD = 2  # windows tokenised by worker processes before the model reaches them
 DEFAULT_ROWS_PER_SHARD = 10_000
 SUMMARY_SCORES = ("ches", "ln_ches", "last_hidden_inner", "edit_distance")
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0)
@@ -205,26 +210,27 @@ class PairScorer:
 
     def score(self, items: Sequence[PreferencePair | RowProblem]) -> list[PairScores]:
         """Scores for each item, in the order given (RowProblems pass through as statuses)."""
-        results: list[PairScores | None] = [None] * len(items)
+        return self.score_encoded(encode_all(self.tokenizer, items))
+
+    def score_encoded(self, encoded: Sequence[TokenizedPair | RowProblem]) -> list[PairScores]:
+        """Scores for items already tokenised by ``self.tokenizer`` (or a copy of it in a worker)."""
+        results: list[PairScores | None] = [None] * len(encoded)
         to_run: list[tuple[int, TokenizedPair]] = []
-        for index, item in enumerate(items):
-            encoded = item if isinstance(item, RowProblem) else self.tokenizer.encode(item)
-            if isinstance(encoded, RowProblem):
-                results[index] = PairScores(
-                    row_id=encoded.row_id, status=encoded.status, reason=encoded.reason
-                )
-            elif encoded.truncation_collapsed:
+        for index, item in enumerate(encoded):
+            if isinstance(item, RowProblem):
+                results[index] = PairScores(row_id=item.row_id, status=item.status, reason=item.reason)
+            elif item.truncation_collapsed:
                 results[index] = score_identical(
-                    encoded,
+                    item,
                     status=Status.TRUNCATED_IDENTICAL,
                     reason="the responses differ only past --max-length: identical as scored",
                 )
-            elif encoded.identical:
+            elif item.identical:
                 results[index] = score_identical(
-                    encoded, status=Status.IDENTICAL, reason="chosen and rejected are identical"
+                    item, status=Status.IDENTICAL, reason="chosen and rejected are identical"
                 )
             else:
-                to_run.append((index, encoded))
+                to_run.append((index, item))
         sums = self.runner.run([pair for _, pair in to_run])
         for (index, pair), pair_sums in zip(to_run, sums, strict=True):
             results[index] = score_pair(pair, pair_sums)
@@ -301,6 +307,20 @@ def _tool() -> dict[str, str]:
     return {"name": "ches-filter", "version": __version__}
 
 
+def _windows(
+    source: Iterable[tuple[int, dict[str, Any]]], size: int
+) -> Iterable[list[tuple[int, dict[str, Any]]]]:
+    """``(row_id, row)`` pairs of the source, ``size`` at a time."""
+    window: list[tuple[int, dict[str, Any]]] = []
+    for item in source:
+        window.append(item)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
 def score_dataset(
     dataset: str | Path,
     *,
@@ -319,6 +339,7 @@ def score_dataset(
     options: ScoreOptions | None = None,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     window: int = DEFAULT_WINDOW,
+    tokenizer_workers: int | None = None,
     overwrite: bool = False,
     log: Log | None = None,
     on_detected: Callable[[RowSource, Layout], None] | None = None,
@@ -330,8 +351,10 @@ def score_dataset(
 
     ``dataset`` is a file, folder, glob or hub id (see docs/formats.md). Score options come as
     ``options=ScoreOptions(...)`` or as keywords (``layout=``, ``max_length=``,
-    ``use_chat_template=``, ``convention=``, ``max_batch_tokens=`` …). Raises a ``ChesError``
-    for bad input before any model is loaded.
+    ``use_chat_template=``, ``convention=``, ``max_batch_tokens=`` …). ``tokenizer_workers``:
+    processes tokenising ahead of the model (None: none on a CPU, one per spare core up to 8 on
+    an accelerator; the scores do not depend on it). Raises a ``ChesError`` for bad input
+    before any model is loaded.
     """
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -346,6 +369,8 @@ def score_dataset(
     options.check()
     if window < 1:
         raise OptionError(f"window must be at least 1, not {window}")
+    if tokenizer_workers is not None and tokenizer_workers < 0:
+        raise OptionError(f"--tokenizer-workers must be at least 0, not {tokenizer_workers}")
     if rows_per_shard < 1:  # ShardWriter would say so too, but only after the model loaded
         raise OptionError(f"--rows-per-shard must be at least 1, not {rows_per_shard}")
     spec = _model_spec(
@@ -380,19 +405,19 @@ def score_dataset(
     )
     load_s = time.perf_counter() - started
 
+    workers = auto_workers(loaded.device.type) if tokenizer_workers is None else tokenizer_workers
+    if workers:
+        log(f"tokenising in {workers} worker process{'es' if workers > 1 else ''} ahead of the model")
     totals = _Totals()
-    writer = ShardWriter(output, split=source.split, schema=schema, rows_per_shard=rows_per_shard)
     rows_total = source.count()
     scoring_started = time.perf_counter()
     if progress is not None:
         progress(Progress(0, rows_total, 0, 0.0))
-    window_rows: list[tuple[int, dict[str, Any]]] = []
     original_columns = set(source.columns())
     unknown_seen: set[str] = set()
 
-    def flush() -> None:
-        items = [layout.extract(row_id, row) for row_id, row in window_rows]
-        scored = scorer.score(items)
+    def finish(window_rows: list[tuple[int, dict[str, Any]]], items: list[Any], encoded: Any) -> None:
+        scored = scorer.score_encoded(encoded.result())
         out_rows = []
         for (row_id, row), item, scores in zip(window_rows, items, scored, strict=True):
             extra = [name for name in row if name not in original_columns and name not in unknown_seen]
@@ -406,7 +431,6 @@ def score_dataset(
             totals.add(scores, pair)
             out_rows.append({**row, **_score_columns(scores, pair_id(pair, row))})
         writer.write_rows(out_rows)
-        window_rows.clear()
         if progress is not None:
             progress(
                 Progress(
@@ -417,13 +441,22 @@ def score_dataset(
                 )
             )
 
-    for row_id, row in source:
-        window_rows.append((row_id, row))
-        if len(window_rows) >= window:
-            flush()
-    if window_rows:
-        flush()
-    shards = writer.close()
+    # Windows are tokenised up to ``ahead`` windows before the model reaches them (by the
+    # workers, while the model runs), scored in source order, and written by the writer's thread.
+    ahead = WINDOWS_AHEAD if workers else 0
+    pending: deque[tuple[list[tuple[int, dict[str, Any]]], list[Any], Any]] = deque()
+    with (
+        TokenizerPool(scorer.tokenizer, workers) as pool,
+        ShardWriter(output, split=source.split, schema=schema, rows_per_shard=rows_per_shard) as writer,
+    ):
+        for window_rows in _windows(source, window):
+            items = [layout.extract(row_id, row) for row_id, row in window_rows]
+            pending.append((window_rows, items, pool.submit(items)))
+            if len(pending) > ahead:
+                finish(*pending.popleft())
+        while pending:
+            finish(*pending.popleft())
+        shards = writer.close()
     scoring_s = time.perf_counter() - scoring_started
 
     summary = totals.summary()
@@ -485,6 +518,7 @@ def score_dataset(
             "padded_tokens": stats.padded_tokens,
             "pair_tokens": stats.pair_tokens,
             "oom_retries": stats.oom_retries,
+            "tokenizer_workers": workers,
         },
         "timing": timing,
         "shards": [str(path.relative_to(output)) for path in shards],

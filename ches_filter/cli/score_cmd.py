@@ -123,6 +123,12 @@ def score_command(
                      help="Layout of the forward passes: auto (the fastest one checked equal on "
                      "this model), packed, prefix_shared or two_sequences (see docs/performance.md)."),
     ] = "auto",
+    tokenizer_workers: Annotated[
+        str,
+        typer.Option("--tokenizer-workers", rich_help_panel=MODEL,
+                     help="Processes tokenising ahead of the model: auto (none on a CPU, one per "
+                     "spare core up to 8 on a GPU) or a number; 0 tokenises in the main process."),
+    ] = "auto",
     rows_per_shard: Annotated[
         int, typer.Option("--rows-per-shard", rich_help_panel=OUTPUT, help="Rows in each Parquet shard.")
     ] = 10_000,
@@ -138,6 +144,7 @@ def score_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Score every pair of DATASET and write Parquet shards with CHES scores per pair."""
+    from ches_filter.errors import OptionError
     from ches_filter.pipeline import ScoreOptions, score_dataset
 
     from .progress import ScoreProgress
@@ -157,6 +164,13 @@ def score_command(
         max_batch_tokens=max_batch_tokens,
         engine=engine.replace("-", "_"),
     )
+
+    if tokenizer_workers == "auto":
+        workers = None
+    elif tokenizer_workers.isdigit():
+        workers = int(tokenizer_workers)
+    else:
+        raise OptionError(f"--tokenizer-workers must be 'auto' or a number, not {tokenizer_workers!r}")
 
     def detected(source: Any, found: Any) -> None:
         stderr.print(f"reading {escape(source.description)}")
@@ -179,6 +193,7 @@ def score_command(
             trust_remote_code=trust_remote_code,
             options=options,
             rows_per_shard=rows_per_shard,
+            tokenizer_workers=workers,
             overwrite=overwrite,
             log=progress.log,
             on_detected=detected,

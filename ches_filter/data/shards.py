@@ -4,14 +4,17 @@ Shards are named like the Hugging Face Hub names them (``data/train-00000-of-000
 so ``datasets.load_dataset("parquet", data_dir=OUT)`` loads them. The total is only known at the
 end of a stream, so every shard is first written as ``data/.train-00000.parquet.tmp`` and all are
 renamed to their final names by ``close()``: an interrupted run leaves only ``.tmp`` files and
-never a shard that looks complete.
+never a shard that looks complete. Writing happens on a background thread (``ShardWriter``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +97,21 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 class ShardWriter:
-    """Buffers rows and writes them as Parquet shards of ``rows_per_shard`` rows each."""
+    """Writes rows as Parquet shards of ``rows_per_shard`` rows each, on a background thread.
+
+    ``write_rows`` hands the rows to one writer thread and returns: converting them to Arrow,
+    encoding and compressing Parquet pages and fsyncing a finished shard happen off the caller's
+    path (Arrow releases the GIL for most of it, and a GPU run waits on the device meanwhile).
+    At most ``MAX_PENDING`` batches of rows wait for the thread; a caller that produces rows
+    faster than they can be written waits there, so memory stays bounded. Rows reach the file
+    in row groups of up to ``ROW_GROUP_ROWS`` rows as they come, not a whole shard at a time.
+    An error in the thread (a row that does not fit the schema, a full disk) is raised by the
+    next ``write_rows`` or by ``close``. Use as a context manager, or call ``abort()`` on
+    failure: the thread then stops and only ``.tmp`` files are left.
+    """
+
+    ROW_GROUP_ROWS = 4096
+    MAX_PENDING = 4
 
     def __init__(
         self, output_dir: Path, *, split: str, schema: pa.Schema, rows_per_shard: int = 10_000
@@ -106,15 +123,139 @@ class ShardWriter:
         self.split = split
         self.schema = schema
         self.rows_per_shard = rows_per_shard
-        self._buffer: list[Mapping[str, Any]] = []
-        self._temp_paths: list[Path] = []
         self.final_paths: list[Path] = []
-        self.rows_written = 0
+        self.rows_written = 0  # rows in shards on disk or in the open shard (writer thread)
         self._text_fields = [
             field.name
             for field in schema
             if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
         ]
+        # Owned by the writer thread once started:
+        self._group: list[pa.Table] = []  # converted rows not yet written as a row group
+        self._group_rows = 0
+        self._shard_rows = 0  # rows in the open shard, written or in _group
+        self._shard: tuple[pq.ParquetWriter, Any, Path] | None = None  # writer, handle, tmp path
+        self._temp_paths: list[Path] = []
+        # Owned by the caller:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ches-shards")
+        self._pending: deque[Future[None]] = deque()
+        self._closed = False
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        if self._closed:
+            raise OutputError("the shard writer is closed")
+        batch = list(rows)
+        if not batch:
+            return
+        self._raise_failures(wait_for=self.MAX_PENDING - 1)
+        self._pending.append(self._executor.submit(self._append, batch))
+
+    def close(self) -> list[Path]:
+        """Write what is left and give every shard its final ``-of-N`` name."""
+        if self._closed:
+            return self.final_paths
+        self._pending.append(self._executor.submit(self._finish))
+        try:
+            self._raise_failures(wait_for=0)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+        for stale in self.data_dir.glob(f"{self.split}-*-of-*.parquet"):
+            stale.unlink()
+        total = len(self._temp_paths)
+        for index, tmp in enumerate(self._temp_paths):
+            final = self.data_dir / shard_name(self.split, index, total)
+            os.replace(tmp, final)
+            self.final_paths.append(final)
+        return self.final_paths
+
+    def abort(self) -> None:
+        """Stop after the batch being written; nothing is renamed (only ``.tmp`` files remain)."""
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._pending:
+            future.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._shard is not None:
+            writer, handle, _ = self._shard
+            with suppress(Exception):
+                writer.close()
+                handle.close()
+            self._shard = None
+
+    def _raise_failures(self, *, wait_for: int) -> None:
+        """Wait until at most ``wait_for`` batches are pending; raise the first error seen."""
+        while self._pending and (len(self._pending) > wait_for or self._pending[0].done()):
+            future = self._pending.popleft()
+            try:
+                future.result()
+            except BaseException:
+                self.abort()
+                raise
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _append(self, rows: list[Mapping[str, Any]]) -> None:
+        offset = 0
+        while offset < len(rows):
+            room = self.rows_per_shard - self._shard_rows
+            piece = rows[offset : offset + room]
+            offset += len(piece)
+            if self._text_fields:
+                piece = [self._as_text(row) for row in piece]
+            try:
+                table = pa.Table.from_pylist(piece, schema=self.schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise self._schema_error(piece, exc) from None
+            self._group.append(table)
+            self._group_rows += table.num_rows
+            self._shard_rows += table.num_rows
+            if self._group_rows >= self.ROW_GROUP_ROWS or self._shard_rows >= self.rows_per_shard:
+                self._write_group()
+            if self._shard_rows >= self.rows_per_shard:
+                self._close_shard()
+
+    def _finish(self) -> None:
+        self._write_group()
+        if self._shard is not None:
+            self._close_shard()
+        if not self._temp_paths:  # an empty dataset still gets one (empty) shard with the schema
+            self._open_shard()
+            self._close_shard()
+
+    def _open_shard(self) -> None:
+        tmp = self.data_dir / f".{self.split}-{len(self._temp_paths):05d}.parquet.tmp"
+        handle = open(tmp, "wb")  # noqa: SIM115 - closed by _close_shard / abort
+        self._shard = (pq.ParquetWriter(handle, self.schema), handle, tmp)
+
+    def _write_group(self) -> None:
+        if not self._group:
+            return
+        if self._shard is None:
+            self._open_shard()
+        assert self._shard is not None
+        table = pa.concat_tables(self._group)
+        self._shard[0].write_table(table, row_group_size=table.num_rows)
+        self.rows_written += table.num_rows
+        self._group, self._group_rows = [], 0
+
+    def _close_shard(self) -> None:
+        assert self._shard is not None
+        writer, handle, tmp = self._shard
+        writer.close()
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        self._temp_paths.append(tmp)
+        self._shard, self._shard_rows = None, 0
 
     def _as_text(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         """A non-string value in a string column (JSON input that mixes types) as JSON text."""
@@ -130,33 +271,9 @@ class ShardWriter:
             fixed[name] = json.dumps(row[name], ensure_ascii=False, default=str)
         return fixed
 
-    def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            self._buffer.append(row)
-            if len(self._buffer) >= self.rows_per_shard:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        if self._text_fields:
-            self._buffer = [self._as_text(row) for row in self._buffer]
-        try:
-            table = pa.Table.from_pylist(self._buffer, schema=self.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise self._schema_error(exc) from None
-        tmp = self.data_dir / f".{self.split}-{len(self._temp_paths):05d}.parquet.tmp"
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._temp_paths.append(tmp)
-        self.rows_written += table.num_rows
-        self._buffer = []
-
-    def _schema_error(self, exc: Exception) -> DatasetError:
-        """Name the first buffered row and field that don't fit the schema of the first rows."""
-        for position, row in enumerate(self._buffer):
+    def _schema_error(self, rows: list[Mapping[str, Any]], exc: Exception) -> DatasetError:
+        """Name the first row and field that don't fit the schema of the first rows."""
+        for position, row in enumerate(rows):
             for name in self.schema.names:
                 try:
                     pa.array([row.get(name)], type=self.schema.field(name).type)
@@ -169,24 +286,6 @@ class ShardWriter:
                         hint="make the column's type consistent across rows",
                     )
         return DatasetError(f"rows do not fit the dataset's schema: {exc}")
-
-    def close(self) -> list[Path]:
-        """Flush the last shard and give every shard its final ``-of-N`` name."""
-        self._flush()
-        if not self._temp_paths:  # an empty dataset still gets one (empty) shard with the schema
-            self._buffer = []
-            table = self.schema.empty_table()
-            tmp = self.data_dir / f".{self.split}-00000.parquet.tmp"
-            pq.write_table(table, tmp)
-            self._temp_paths.append(tmp)
-        for stale in self.data_dir.glob(f"{self.split}-*-of-*.parquet"):
-            stale.unlink()
-        total = len(self._temp_paths)
-        for index, tmp in enumerate(self._temp_paths):
-            final = self.data_dir / shard_name(self.split, index, total)
-            os.replace(tmp, final)
-            self.final_paths.append(final)
-        return self.final_paths
 
 
 def read_scores(output_dir: Path, columns: list[str] | None = None) -> pa.Table:

@@ -396,7 +396,8 @@ def test_limit_and_sample_keep_original_row_ids(score, tmp_path):
     assert second.summary["rows"] == 5
 
 
-def test_an_interrupted_run_leaves_nothing_that_looks_complete(score, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 1], ids=["inline", "worker"])
+def test_an_interrupted_run_leaves_nothing_that_looks_complete(score, tmp_path, monkeypatch, workers):
     rows = [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": f"No {i}."} for i in range(8)]
     path = write_jsonl(tmp_path / "eight.jsonl", rows)
     out = tmp_path / "out"
@@ -412,7 +413,7 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(score, tmp_path, 
 
     monkeypatch.setattr(HiddenStateRunner, "run", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        score(path, out, window=2, rows_per_shard=2, overwrite=True)
+        score(path, out, window=2, rows_per_shard=2, overwrite=True, tokenizer_workers=workers)
     assert len(calls) == 3
     assert not (out / "manifest.json").exists()
     assert list((out / "data").glob("*.parquet")) == []  # only hidden .tmp files, if any
@@ -436,6 +437,7 @@ def test_options_are_checked_before_the_model_loads(score, tmp_path, monkeypatch
         ({"max_batch_tokens": 0}, "--max-batch-tokens must be at least 1"),
         ({"rows_per_shard": 0}, "--rows-per-shard must be at least 1"),
         ({"window": 0}, "window must be at least 1"),
+        ({"tokenizer_workers": -1}, "--tokenizer-workers must be at least 0"),
         ({"layout": "bogus"}, "unknown layout 'bogus'"),
         ({"label_policy": "bogus"}, "--label-policy 'bogus'"),
         ({"prompt_field": "nope"}, "--prompt-field 'nope': no such column"),
@@ -538,6 +540,31 @@ def test_hh_rlhf_rows_with_the_tiny_model(score, tiny_llama, hh_subset, tmp_path
         encoded = tokenizer.encode(layout.extract(row_id, source_rows[row_id]))
         assert isinstance(encoded, TokenizedPair)
         assert_close(rows[row_id], reference_scores(tiny_llama.model, encoded))
+
+
+def test_tokenizer_workers_write_the_same_output(score, hh_subset, tmp_path):
+    """Tokenising ahead in worker processes changes when pairs are encoded, never what is written."""
+    path, _ = hh_subset
+    inline = score(path, tmp_path / "inline", window=5, rows_per_shard=7, tokenizer_workers=0)
+    ahead = score(path, tmp_path / "ahead", window=5, rows_per_shard=7, tokenizer_workers=2)
+    assert inline.manifest["engine"]["tokenizer_workers"] == 0
+    assert ahead.manifest["engine"]["tokenizer_workers"] == 2
+    assert [p.name for p in ahead.shards] == [p.name for p in inline.shards]
+    assert len(ahead.shards) == 5  # 33 rows, 7 per shard
+    assert output_rows(tmp_path / "ahead") == output_rows(tmp_path / "inline")
+    assert ahead.summary["by_status"] == inline.summary["by_status"]
+
+
+def test_tokenizer_workers_by_default(monkeypatch):
+    import ches_filter.tokenizer_pool as tokenizer_pool
+
+    monkeypatch.setattr(tokenizer_pool.os, "cpu_count", lambda: 16)
+    assert tokenizer_pool.auto_workers("cpu") == 0  # the model's threads use every core
+    assert tokenizer_pool.auto_workers("cuda") == 8
+    monkeypatch.setattr(tokenizer_pool.os, "cpu_count", lambda: 2)
+    assert tokenizer_pool.auto_workers("cuda") == 1
+    monkeypatch.setattr(tokenizer_pool.os, "cpu_count", lambda: None)
+    assert tokenizer_pool.auto_workers("mps") == 0
 
 
 def assert_close(row: dict[str, Any], reference) -> None:

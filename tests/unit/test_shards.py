@@ -1,0 +1,98 @@
+"""``ShardWriter``: shards of ``rows_per_shard`` rows, written on a thread, renamed only by close()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ches_filter.data.shards import ShardWriter, prepare_output_dir
+from ches_filter.errors import DatasetError, OutputError
+
+SCHEMA = pa.schema([pa.field("row_id", pa.int64()), pa.field("text", pa.string()),
+                    pa.field("score", pa.float64())])  # fmt: skip
+
+
+def rows(start: int, stop: int) -> list[dict]:
+    return [{"row_id": i, "text": f"row {i}", "score": i / 3} for i in range(start, stop)]
+
+
+def writer_at(tmp_path: Path, **kwargs) -> ShardWriter:
+    prepare_output_dir(tmp_path / "out", overwrite=False)
+    return ShardWriter(tmp_path / "out", split="train", schema=SCHEMA, **kwargs)
+
+
+def shard_names(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "out" / "data").iterdir())
+
+
+def test_rows_cross_batch_and_shard_boundaries_in_order(tmp_path):
+    writer = writer_at(tmp_path, rows_per_shard=3)
+    for start in range(0, 10, 4):  # batches of 4, shards of 3
+        writer.write_rows(rows(start, min(start + 4, 10)))
+    paths = writer.close()
+    assert [p.name for p in paths] == [f"train-0000{i}-of-00004.parquet" for i in range(4)]
+    assert shard_names(tmp_path) == [p.name for p in paths]  # no .tmp left
+    assert [pq.read_metadata(p).num_rows for p in paths] == [3, 3, 3, 1]
+    read = [row for p in paths for row in pq.read_table(p).to_pylist()]
+    assert read == rows(0, 10)
+    assert writer.rows_written == 10
+
+
+def test_row_groups_are_bounded_not_whole_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(ShardWriter, "ROW_GROUP_ROWS", 5)
+    writer = writer_at(tmp_path, rows_per_shard=100)
+    for start in range(0, 23, 2):
+        writer.write_rows(rows(start, min(start + 2, 23)))
+    (path,) = writer.close()
+    meta = pq.read_metadata(path)
+    assert meta.num_rows == 23
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [6, 6, 6, 5]
+    assert pq.read_table(path).to_pylist() == rows(0, 23)
+
+
+def test_an_empty_stream_still_gets_one_shard_with_the_schema(tmp_path):
+    (path,) = writer_at(tmp_path).close()
+    table = pq.read_table(path)
+    assert table.num_rows == 0 and table.schema.names == SCHEMA.names
+
+
+def test_non_string_values_in_string_columns_become_json_text(tmp_path):
+    writer = writer_at(tmp_path)
+    writer.write_rows([{"row_id": 0, "text": {"a": [1, 2]}, "score": 1.0}])
+    (path,) = writer.close()
+    assert pq.read_table(path).column("text").to_pylist() == ['{"a": [1, 2]}']
+
+
+def test_a_row_that_does_not_fit_is_named_and_nothing_looks_complete(tmp_path):
+    writer = writer_at(tmp_path, rows_per_shard=2)
+    writer.write_rows(rows(0, 3))
+    bad = {"row_id": 3, "text": "x", "score": "not a number"}
+    with pytest.raises(DatasetError, match=r"row 3: field 'score' holds str 'not a number'"):
+        writer.write_rows([bad])
+        writer.close()  # the thread's error surfaces at the next call at the latest
+    assert not any(name.endswith(".parquet") for name in shard_names(tmp_path))
+    with pytest.raises(OutputError, match="closed"):
+        writer.write_rows(rows(4, 5))
+
+
+def test_abort_leaves_only_temporary_files(tmp_path):
+    writer = writer_at(tmp_path, rows_per_shard=2)
+    writer.write_rows(rows(0, 5))
+    writer.abort()
+    names = shard_names(tmp_path)
+    assert names and all(name.startswith(".") and name.endswith(".tmp") for name in names)
+
+
+def test_an_exception_inside_the_with_block_aborts(tmp_path):
+    with pytest.raises(KeyboardInterrupt), writer_at(tmp_path, rows_per_shard=2) as writer:
+        writer.write_rows(rows(0, 5))
+        raise KeyboardInterrupt
+    assert not any(name.endswith(".parquet") for name in shard_names(tmp_path))
+
+
+def test_rows_per_shard_must_be_positive(tmp_path):
+    with pytest.raises(OutputError):
+        writer_at(tmp_path, rows_per_shard=0)
