@@ -316,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="dtype of the engine runs (a) is float32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each step, interleaved (fastest kept)")
-    parser.add_argument("--steps", default="a,b0,b1,b2,b3,b3'", help="comma-separated steps to run")
+    parser.add_argument("--steps", default=None,
+                        help="comma-separated steps to run (default: a,b0,b1,b2,b3 on a CPU, and b3', "
+                        "the executor `auto` picks on a GPU, on CUDA)")  # fmt: skip
     parser.add_argument("--rank", type=int, default=0, metavar="N",
                         help="also score N pairs in float32 and bfloat16 and compare the rankings")  # fmt: skip
     parser.add_argument("--allocator", choices=("retain", "default"), default="retain",
@@ -336,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
         torch.backends.cudnn.allow_tf32 = False
+    if args.steps is None:
+        args.steps = "a,b0,b1,b2,b3,b3'" if args.device.startswith("cuda") else "a,b0,b1,b2,b3"
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
 
