@@ -40,8 +40,14 @@ def auto_workers(device_type: str) -> int:
     """
     if device_type == "cpu":
         return 0
-    spare = (os.cpu_count() or 1) - 1
-    return max(0, min(MAX_AUTO_WORKERS, spare))
+    return max(0, min(MAX_AUTO_WORKERS, usable_cores() - 1))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS says, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def encode_all(tokenizer: PairTokenizer, items: Sequence[Item]) -> list[Encoded]:
