@@ -55,7 +55,7 @@ from ches_filter.tokenization import (
     chat_template_fingerprint,
     tokenizer_fingerprint,
 )
-from ches_filter.tokenizer_pool import TokenizerPool, auto_workers, encode_all
+from ches_filter.tokenizer_pool import EncodedWindow, TokenizerPool, auto_workers, encode_all
 
 #: The version of ../shared/spec/ches.md these scores follow (recorded in every manifest).
 SPEC_VERSION = "1"
@@ -416,7 +416,11 @@ def score_dataset(
     original_columns = set(source.columns())
     unknown_seen: set[str] = set()
 
-    def finish(window_rows: list[tuple[int, dict[str, Any]]], items: list[Any], encoded: Any) -> None:
+    def finish(
+        window_rows: list[tuple[int, dict[str, Any]]],
+        items: list[PreferencePair | RowProblem],
+        encoded: EncodedWindow,
+    ) -> None:
         scored = scorer.score_encoded(encoded.result())
         out_rows = []
         for (row_id, row), item, scores in zip(window_rows, items, scored, strict=True):
@@ -444,7 +448,9 @@ def score_dataset(
     # Windows are tokenised up to ``ahead`` windows before the model reaches them (by the
     # workers, while the model runs), scored in source order, and written by the writer's thread.
     ahead = WINDOWS_AHEAD if workers else 0
-    pending: deque[tuple[list[tuple[int, dict[str, Any]]], list[Any], Any]] = deque()
+    pending: deque[tuple[list[tuple[int, dict[str, Any]]], list[PreferencePair | RowProblem], EncodedWindow]] = (
+        deque()
+    )
     with (
         TokenizerPool(scorer.tokenizer, workers) as pool,
         ShardWriter(output, split=source.split, schema=schema, rows_per_shard=rows_per_shard) as writer,

@@ -106,8 +106,9 @@ class ShardWriter:
     faster than they can be written waits there, so memory stays bounded. Rows reach the file
     in row groups of up to ``ROW_GROUP_ROWS`` rows as they come, not a whole shard at a time.
     An error in the thread (a row that does not fit the schema, a full disk) is raised by the
-    next ``write_rows`` or by ``close``. Use as a context manager, or call ``abort()`` on
-    failure: the thread then stops and only ``.tmp`` files are left.
+    next ``write_rows`` or by ``close``. Use as a context manager (closes on success, aborts on
+    an exception), or call ``abort()`` on failure: the thread then stops and only ``.tmp``
+    files are left.
     """
 
     ROW_GROUP_ROWS = 4096
@@ -145,8 +146,11 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """On success the shards are closed and renamed (if ``close()`` was not called yet)."""
         if exc_type is not None:
             self.abort()
+        else:
+            self.close()
 
     def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
         if self._closed:

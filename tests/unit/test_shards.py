@@ -96,3 +96,10 @@ def test_an_exception_inside_the_with_block_aborts(tmp_path):
 def test_rows_per_shard_must_be_positive(tmp_path):
     with pytest.raises(OutputError):
         writer_at(tmp_path, rows_per_shard=0)
+
+
+def test_a_with_block_that_ends_normally_closes(tmp_path):
+    with writer_at(tmp_path, rows_per_shard=2) as writer:
+        writer.write_rows(rows(0, 3))
+    assert [p.name for p in writer.final_paths] == [f"train-0000{i}-of-00002.parquet" for i in range(2)]
+    assert writer.close() == writer.final_paths  # closing again changes nothing
