@@ -523,6 +523,8 @@ def score_dataset(
             "real_tokens": stats.real_tokens,
             "padded_tokens": stats.padded_tokens,
             "pair_tokens": stats.pair_tokens,
+            "window_prefixes": stats.window_prefixes,
+            "prefix_tokens_saved": stats.prefix_tokens_saved,
             "oom_retries": stats.oom_retries,
             "tokenizer_workers": workers,
         },

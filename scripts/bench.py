@@ -10,7 +10,9 @@ On the same pairs, model and machine, in one run:
 (b1) batched, two sequences per pair, token-budget batches (``--engine two_sequences``);
 (b2) + prefix sharing: one row per pair, the prompt computed once (``prefix_shared``);
 (b3) + padding-free packing, several pairs per row (``packed``; on a CPU the attention runs per
-     pair, the ``segments`` executor): what ``--engine auto`` picks on a CPU;
+     pair, the ``segments`` executor), every pair computing its whole prompt;
+(b4) + window prefix: the tokens every sequence of a window starts with (the chat template's
+     system prompt and user header) computed once per window: what ``--engine auto`` runs on a CPU;
 (b3') packed rows with one explicit 4D mask per row instead (the executor ``auto`` picks on GPUs).
 
 Every engine row is checked equal to (a) (ln_ches within 1e-4 of the scale of its terms), so a
@@ -55,7 +57,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jso
 ENGINE_STEPS = [
     ("b1", "batched, two sequences", {"mode": "two_sequences"}),
     ("b2", "+ prefix sharing", {"mode": "prefix_shared", "attention": "mask"}),
-    ("b3", "+ packing (segments)", {"mode": "packed", "attention": "segments"}),
+    ("b3", "+ packing (segments)", {"mode": "packed", "attention": "segments", "share_window_prefix": False}),
+    ("b4", "+ window prefix", {"mode": "packed", "attention": "segments"}),
     ("b3'", "+ packing (4D mask)", {"mode": "packed", "attention": "mask"}),
 ]
 
@@ -317,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each step, interleaved (fastest kept)")
     parser.add_argument("--steps", default=None,
-                        help="comma-separated steps to run (default: a,b0,b1,b2,b3 on a CPU, and b3', "
+                        help="comma-separated steps to run (default: a,b0,b1,b2,b3,b4 on a CPU, and b3', "
                         "the executor `auto` picks on a GPU, on CUDA)")  # fmt: skip
     parser.add_argument("--rank", type=int, default=0, metavar="N",
                         help="also score N pairs in float32 and bfloat16 and compare the rankings")  # fmt: skip
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
         torch.backends.cudnn.allow_tf32 = False
     if args.steps is None:
-        args.steps = "a,b0,b1,b2,b3,b3'" if args.device.startswith("cuda") else "a,b0,b1,b2,b3"
+        args.steps = "a,b0,b1,b2,b3,b4,b3'" if args.device.startswith("cuda") else "a,b0,b1,b2,b3,b4"
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
 

@@ -14,6 +14,10 @@ Two executors, both checked against plain forward passes (:func:`layout_honoured
   that unit's slice of queries, keys and values, with the unit's own small mask (or none, for a
   plain causal sequence under SDPA). No work goes to padding or to pairs of tokens from
   different units, which is what makes packing several pairs into one row pay on a CPU.
+  With a :class:`WindowPrefix`, each unit's keys and values are those of the window prefix
+  (captured per layer by a forward pass over the prefix alone, the plan's ``capture``)
+  followed by its own, and its mask has the prefix's columns first: the tokens that every
+  sequence of a window starts with are computed once per window instead of once per pair.
 
 Both executors run the model under the registered ``ches`` attention function, which calls the
 underlying implementation. On CUDA it first expands grouped key/value heads into contiguous
@@ -100,6 +104,26 @@ def model_masks(config: Any, tensors: dict[str, Any], implementation: str, dtype
     return {kind: built[window] for kind, window in windows.items()}
 
 
+def layer_index(module: Any) -> int:
+    """The attention layer's index, which keys a window prefix's per-layer states."""
+    index = getattr(module, "layer_idx", None)
+    if index is None:
+        raise LayoutUnsupported("the attention layers don't say their index (layer_idx)")
+    return int(index)
+
+
+@dataclass
+class WindowPrefix:
+    """Keys and values of a window prefix, per layer: ``[1, key/value heads, length, head_dim]``.
+
+    Filled by a forward pass over the prefix alone (``AttentionPlan.capture``), then read by
+    every unit of the window whose ``offset`` is ``length``.
+    """
+
+    length: int
+    states: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+
+
 @dataclass
 class AttentionPlan:
     """What the ``ches`` attention function needs for one forward pass.
@@ -112,6 +136,8 @@ class AttentionPlan:
     device: Any
     dtype: Any
     extents: list[tuple[int, int, int, Any]] | None = None  # (row, start, end, packing.Unit)
+    prefix: WindowPrefix | None = None  # keys and values every unit attends to before its own
+    capture: WindowPrefix | None = None  # this pass computes a window prefix: keep its states
     _masks: dict[tuple[int, int | None], Any] = field(default_factory=dict)
 
     def mask(self, index: int, window: int | None) -> Any:
@@ -126,7 +152,9 @@ class AttentionPlan:
             if unit.plain and not needs_window and self.implementation == "sdpa":
                 self._masks[key] = None
             else:  # additive, built once per unit and window (not converted again per layer)
-                allowed = torch.from_numpy(attention_allowed(unit.positions, unit.branch, window))
+                allowed = torch.from_numpy(
+                    attention_allowed(unit.positions, unit.branch, window, prefix=unit.offset)
+                )
                 mask = torch.zeros(allowed.shape, dtype=self.dtype)
                 mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
                 self._masks[key] = mask[None, None].to(self.device)
@@ -160,6 +188,7 @@ def ches_attention(
     Registered as ``ches``; the runner passes ``ches_plan=AttentionPlan(...)`` through the
     model's forward keyword arguments, which transformers hands to every attention layer.
     """
+    import torch
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     plan: AttentionPlan | None = kwargs.pop("ches_plan", None)
@@ -174,20 +203,25 @@ def ches_attention(
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
             module = _HeadsExpanded(module)
+    if plan.capture is not None:
+        plan.capture.states[layer_index(module)] = (key, value)
     if plan.extents is None:
         output, _ = inner(module, query, key, value, attention_mask, **kwargs)
         return output, None
+    prefix = plan.prefix.states[layer_index(module)] if plan.prefix is not None else None
     window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
     rows, heads, length, head_dim = query.shape
     output = query.new_zeros((rows, length, heads, head_dim))
-    for index, (row, start, end, _unit) in enumerate(plan.extents):
+    for index, (row, start, end, unit) in enumerate(plan.extents):
+        unit_key = key[row : row + 1, :, start:end]
+        unit_value = value[row : row + 1, :, start:end]
+        if unit.offset:
+            if prefix is None or prefix[0].shape[2] != unit.offset:
+                raise LayoutUnsupported(f"a unit needs a window prefix of {unit.offset} tokens")
+            unit_key = torch.cat([prefix[0], unit_key], dim=2)
+            unit_value = torch.cat([prefix[1], unit_value], dim=2)
         piece, _ = inner(
-            module,
-            query[row : row + 1, :, start:end],
-            key[row : row + 1, :, start:end],
-            value[row : row + 1, :, start:end],
-            plan.mask(index, window),
-            **kwargs,
+            module, query[row : row + 1, :, start:end], unit_key, unit_value, plan.mask(index, window), **kwargs
         )
         output[row, start:end] = piece[0]
     return output, None

@@ -12,6 +12,12 @@ No score formula lives here (that is ``scores.py``). The engine has three layout
   work goes to padding. On a CPU the attention runs per unit (``segments`` executor, see
   :mod:`.attention`); elsewhere through an explicit 4D mask.
 
+With the ``segments`` executor (``auto`` on a CPU), the tokens that every sequence of a window
+starts with (a chat template's system prompt and first role header) are computed once per
+window, not once per pair: the *window prefix* (:func:`.packing.window_prefix`), whose keys and
+values each unit's attention reads before its own. Windows whose common start is shorter than
+``min_window_prefix`` tokens (a base model without a system prompt) don't bother.
+
 ``mode="auto"`` picks ``packed`` when a quick check on the loaded model (a few small forward
 passes, compared with plain ones) shows that it honours custom masks and position ids, and
 ``two_sequences`` otherwise, saying why through ``log``.
@@ -41,6 +47,7 @@ from .load import LoadedModel
 from .packing import MODES, RowBatch, Unit
 
 DEFAULT_MAX_BATCH_TOKENS = 8192
+MIN_WINDOW_PREFIX = 8  # shorter common starts are left in every unit (one more forward call)
 ENGINES = ("auto", *MODES)
 ATTENTION_EXECUTORS = ("auto", *attn.EXECUTORS)
 
@@ -56,6 +63,8 @@ class RunnerStats:
     real_tokens: int = 0  # tokens the model computed, padding excluded (shared prefixes count once)
     padded_tokens: int = 0  # tokens in the tensors the model saw, padding included
     attended_pairs: int = 0  # (query, key) pairs of real tokens the attention rule allows
+    window_prefixes: int = 0  # window prefixes computed once (one forward call each)
+    prefix_tokens_saved: int = 0  # tokens units did not compute again thanks to them
     forward_s: float = 0.0  # wall time of the forward passes and reductions (see ``timed``)
     oom_retries: int = 0
 
@@ -68,6 +77,7 @@ class EngineChoice:
     executor: str | None  # None for two_sequences (a padding mask is all it needs)
     implementation: str  # the model's attention: sdpa, eager, ...
     reason: str
+    window_prefix: bool = False  # common starts of windows computed once (segments executor)
 
 
 def _causal_pairs(n: int, start: int = 0) -> int:
@@ -76,13 +86,20 @@ def _causal_pairs(n: int, start: int = 0) -> int:
 
 
 def attended_pairs(unit: Unit) -> int:
-    """Causal (query, key) pairs of a unit, ignoring sliding windows (FLOP accounting only)."""
+    """Causal (query, key) pairs of a unit, ignoring sliding windows (FLOP accounting only).
+
+    A unit that gave its first ``offset`` tokens to a window prefix still attends to them.
+    """
     if unit.plain:
         return _causal_pairs(len(unit))
     shared = unit.shared
     chosen = int((unit.branch == packing.CHOSEN).sum())
     rejected = int((unit.branch == packing.REJECTED).sum())
-    return _causal_pairs(shared) + _causal_pairs(chosen, shared) + _causal_pairs(rejected, shared)
+    return (
+        _causal_pairs(shared - unit.offset, unit.offset)
+        + _causal_pairs(chosen, shared)
+        + _causal_pairs(rejected, shared)
+    )
 
 
 class HiddenStateRunner:
@@ -92,7 +109,9 @@ class HiddenStateRunner:
     ``prefix_shared`` or ``packed``. ``attention``: ``auto``, ``mask`` or ``segments`` (see
     :mod:`.attention`). ``attn_implementation``: run the model with this attention
     implementation (``sdpa``, ``eager``) instead of the one it was loaded with. ``row_tokens``:
-    capacity of a packed row (default: the whole budget on CPU, 1024 on GPU). ``timed``:
+    capacity of a packed row (default: the whole budget on CPU, 1024 on GPU).
+    ``share_window_prefix``: compute each window's common start once (segments executor only),
+    when it is at least ``min_window_prefix`` tokens long. ``timed``:
     synchronise a GPU after every batch so that ``stats.forward_s`` is the forward passes' own
     time (the benchmark); otherwise the host prepares the next batch while the GPU computes.
     """
@@ -106,6 +125,8 @@ class HiddenStateRunner:
         attention: str = "auto",
         attn_implementation: str | None = None,
         row_tokens: int | None = None,
+        share_window_prefix: bool = True,
+        min_window_prefix: int = MIN_WINDOW_PREFIX,
         timed: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -124,11 +145,12 @@ class HiddenStateRunner:
         self.max_batch_tokens = max_batch_tokens
         self.log = log
         self.timed = timed
+        self.min_window_prefix = max(1, min_window_prefix)
         self.stats = RunnerStats()
         self.implementation = attn_implementation or attn.current_implementation(self.model)
         on_gpu = self.device.type == "cuda"
         self.row_tokens = row_tokens or (1024 if on_gpu else None)
-        self.engine = self._choose(mode, attention)
+        self.engine = self._choose(mode, attention, share_window_prefix)
         if log and (self.engine.mode != mode or mode == "auto"):
             log(f"engine: {self.describe()}")
 
@@ -139,9 +161,10 @@ class HiddenStateRunner:
 
     def describe(self) -> str:
         how = f" via {self.engine.executor} attention" if self.engine.executor else ""
-        return f"{self.engine.mode}{how} ({self.engine.implementation}); {self.engine.reason}"
+        shared = " + window prefix" if self.engine.window_prefix else ""
+        return f"{self.engine.mode}{how}{shared} ({self.engine.implementation}); {self.engine.reason}"
 
-    def _choose(self, mode: str, attention: str) -> EngineChoice:
+    def _choose(self, mode: str, attention: str, share_window_prefix: bool) -> EngineChoice:
         implementation = self.implementation
         if mode == "two_sequences":
             return EngineChoice("two_sequences", None, implementation, "asked for")
@@ -150,9 +173,15 @@ class HiddenStateRunner:
             executor = "segments" if wanted == "packed" and self.device.type == "cpu" else "mask"
         else:
             executor = attention
-        ok, detail = self._check(executor, wanted)
+        prefix_note = ""
+        if executor == "segments" and share_window_prefix:
+            ok, detail = self._check(executor, window_prefix=True)
+            if ok:
+                return EngineChoice(wanted, executor, implementation, detail, window_prefix=True)
+            prefix_note = f"; window prefixes not honoured ({detail})"
+        ok, detail = self._check(executor)
         if ok:
-            return EngineChoice(wanted, executor, implementation, detail)
+            return EngineChoice(wanted, executor, implementation, detail + prefix_note)
         return EngineChoice(
             "two_sequences",
             None,
@@ -161,25 +190,30 @@ class HiddenStateRunner:
             f"honoured by this model ({detail})",
         )
 
-    def _check(self, executor: str, mode: str) -> tuple[bool, str]:
+    def _check(self, executor: str, *, window_prefix: bool = False) -> tuple[bool, str]:
         """Do custom masks and position ids give the same hidden states as plain passes here?"""
-        known = attn.remembered(self.model, executor, self.implementation)
+        checked = f"{executor}+window_prefix" if window_prefix else executor
+        known = attn.remembered(self.model, checked, self.implementation)
         if known is not None:
             return known
         if self.implementation not in attn.SUPPORTED_IMPLEMENTATIONS:
             verdict = (False, f"attention implementation {self.implementation!r} is not supported")
         else:
             try:
-                verdict = self._probe(executor)
+                verdict = self._probe(executor, window_prefix)
             except attn.LayoutUnsupported as exc:
                 verdict = (False, str(exc))
             except Exception as exc:  # a model that rejects the inputs: not honoured
                 verdict = (False, f"{type(exc).__name__}: {exc}")
-        attn.remember(self.model, executor, self.implementation, verdict)
+        attn.remember(self.model, checked, self.implementation, verdict)
         return verdict
 
-    def _probe(self, executor: str) -> tuple[bool, str]:
-        """Two synthetic pairs packed in one row, against four plain forward passes."""
+    def _probe(self, executor: str, window_prefix: bool) -> tuple[bool, str]:
+        """Two synthetic pairs packed in one row, against four plain forward passes.
+
+        Both pairs start with the same four tokens; with ``window_prefix`` those are computed
+        once, as a window prefix, and the rest of the probe reads them from it.
+        """
         import torch
 
         from ches_filter.records import SequenceSpan
@@ -190,8 +224,10 @@ class HiddenStateRunner:
         window = getattr(config, "sliding_window", None) or 0
         prompt_len = max(12, min(int(window) + 4, 64))
 
+        lead = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), 4))
+
         def make(index: int, prompt: int, chosen: int, rejected: int) -> TokenizedPair:
-            p = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), prompt))
+            p = lead + tuple(int(x) for x in rng.integers(3, min(vocab, 30000), prompt - len(lead)))
             c = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), chosen))
             r = tuple(int(x) for x in rng.integers(3, min(vocab, 30000), rejected))
             return TokenizedPair(
@@ -205,10 +241,15 @@ class HiddenStateRunner:
 
         pairs = [make(0, prompt_len, 7, 11), make(1, prompt_len // 2 + 1, 9, 5)]
         units = packing.units_for(pairs, "packed")
+        prefix = None
+        if window_prefix:
+            length = packing.window_prefix(pairs)
+            prefix = self._window_prefix_states(pairs[0].chosen.ids[:length])
+            units = [packing.without_prefix(u, length) for u in units]
         batch = packing.build_batch([units], self.pad_id)  # both pairs in one row
         sums = torch.zeros((4, self.hidden_size), dtype=torch.float32, device=self.device)
         lasts = torch.zeros_like(sums)
-        self._forward_layout(batch, executor, sums, lasts)
+        self._forward_layout(batch, executor, sums, lasts, prefix)
         worst = 0.0
         with torch.inference_mode(), attn.attention_implementation(self.model, self.implementation):
             for slot, span in enumerate(s for p in pairs for s in (p.chosen, p.rejected)):
@@ -234,6 +275,17 @@ class HiddenStateRunner:
         sums = torch.zeros((slots, self.hidden_size), dtype=torch.float32, device=self.device)
         lasts = torch.zeros_like(sums)
         units = packing.units_for(pairs, self.mode)
+        prefix = None
+        if self.engine.window_prefix and len(units) > 1:  # one unit has nothing to share it with
+            length = packing.window_prefix(pairs)
+            if length >= self.min_window_prefix:
+                started = time.perf_counter()
+                prefix = self._window_prefix_states(pairs[0].chosen.ids[:length])
+                if self.timed and self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.stats.forward_s += time.perf_counter() - started
+                units = [packing.without_prefix(u, length) for u in units]
+                self._count_window_prefix(length, len(units))
         pending = self._plan(units)
         while pending:
             rows = pending.pop(0)
@@ -243,7 +295,7 @@ class HiddenStateRunner:
                 if batch.plain:
                     self._forward_plain(batch, sums, lasts)
                 else:
-                    self._forward_layout(batch, self.engine.executor or "mask", sums, lasts)
+                    self._forward_layout(batch, self.engine.executor or "mask", sums, lasts, prefix)
                 if self.timed and self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.stats.forward_s += time.perf_counter() - started
@@ -273,6 +325,14 @@ class HiddenStateRunner:
             units, mode=self.mode, max_batch_tokens=self.max_batch_tokens, row_tokens=self.row_tokens
         )
         return [[[units[i] for i in row] for row in batch] for batch in plan]
+
+    def _count_window_prefix(self, length: int, units: int) -> None:
+        self.stats.window_prefixes += 1
+        self.stats.prefix_tokens_saved += length * (units - 1)
+        self.stats.forward_calls += 1
+        self.stats.real_tokens += length
+        self.stats.padded_tokens += length
+        self.stats.attended_pairs += _causal_pairs(length)
 
     def _count(self, batch: RowBatch) -> None:
         self.stats.forward_calls += 1
@@ -340,7 +400,40 @@ class HiddenStateRunner:
             hidden = self.model(input_ids=input_ids, attention_mask=padding, use_cache=False).last_hidden_state
             self._reduce(hidden, batch, sums, lasts)
 
-    def _forward_layout(self, batch: RowBatch, executor: str, sums: Any, lasts: Any) -> None:
+    def _window_prefix_states(self, ids: Sequence[int]) -> attn.WindowPrefix:
+        """One forward pass over a window prefix alone, keeping each layer's keys and values."""
+        import torch
+
+        length = len(ids)
+        unit = Unit(
+            ids=np.asarray(ids, dtype=np.int64),
+            positions=np.arange(length, dtype=np.int64),
+            branch=np.zeros(length, dtype=np.int8),
+            sums=(),
+            lasts=(),
+            shared=0,
+        )
+        batch = packing.build_batch([[unit]], self.pad_id)
+        prefix = attn.WindowPrefix(length)
+        plan = attn.AttentionPlan(
+            implementation=self.implementation,
+            device=self.device,
+            dtype=self.dtype,
+            extents=batch.unit_extents(),
+            capture=prefix,
+        )
+        with torch.inference_mode(), attn.attention_implementation(self.model, attn.CHES_ATTENTION):
+            self.model(
+                input_ids=self._to_device(batch.ids),
+                position_ids=self._to_device(batch.positions),
+                use_cache=False,
+                ches_plan=plan,
+            )
+        return prefix
+
+    def _forward_layout(
+        self, batch: RowBatch, executor: str, sums: Any, lasts: Any, prefix: attn.WindowPrefix | None = None
+    ) -> None:
         """Prefix-shared and packed rows: explicit masks and position ids."""
         import torch
 
@@ -350,10 +443,14 @@ class HiddenStateRunner:
             "branch": self._to_device(batch.branch),
         }
         input_ids = self._to_device(batch.ids)
-        plan = attn.AttentionPlan(implementation=self.implementation, device=self.device, dtype=self.dtype)
+        plan = attn.AttentionPlan(
+            implementation=self.implementation, device=self.device, dtype=self.dtype, prefix=prefix
+        )
         masks = None
         if executor == "segments":
             plan.extents = batch.unit_extents()
+        elif prefix is not None:
+            raise attn.LayoutUnsupported("window prefixes need the segments executor")
         else:
             masks = attn.model_masks(self.model.config, tensors, self.implementation, self.dtype)
         with torch.inference_mode():

@@ -15,12 +15,17 @@ import pytest
 from test_batched_vs_reference import HANDWRITTEN, assert_close, hh_rows, to_pairs, tokenize
 
 from ches_filter.model import attention as attn
+from ches_filter.model import packing
 from ches_filter.model.runner import HiddenStateRunner
 from ches_filter.records import PreferencePair, TokenizedPair
 from ches_filter.reference import reference_scores
 from ches_filter.scores import score_pair
 
 LAYOUTS = [("prefix_shared", "mask"), ("prefix_shared", "segments"), ("packed", "mask"), ("packed", "segments")]
+# Window prefixes are a segments-executor feature: with it and without.
+LAYOUTS_WITH_WINDOW_PREFIX = [(m, e, False) for m, e in LAYOUTS] + [
+    (m, e, True) for m, e in LAYOUTS if e == "segments"
+]
 IMPLEMENTATIONS = ["sdpa", "eager"]
 _expected: dict[tuple[int, str], dict[int, object]] = {}
 
@@ -58,23 +63,36 @@ def check_engine(loaded, encoded, reference, *, budgets=(1, 300, 1 << 20), shuff
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
-@pytest.mark.parametrize(("mode", "executor"), LAYOUTS)
+@pytest.mark.parametrize(("mode", "executor", "window_prefix"), LAYOUTS_WITH_WINDOW_PREFIX)
 @pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gemma"])
-def test_tiny_models_equal_reference(request, model_fixture, mode, executor, implementation, hh_file):
+def test_tiny_models_equal_reference(
+    request, model_fixture, mode, executor, window_prefix, implementation, hh_file
+):
     loaded = request.getfixturevalue(model_fixture)
     encoded = tokenize(loaded, mixed_pairs(hh_file))
     assert len({len(p.chosen.ids) for p in encoded}) > 5  # mixed lengths
     reference = expected(loaded, encoded, "default")
     runners = check_engine(
-        loaded, encoded, reference, mode=mode, attention=executor, attn_implementation=implementation
+        loaded,
+        encoded,
+        reference,
+        mode=mode,
+        attention=executor,
+        attn_implementation=implementation,
+        share_window_prefix=window_prefix,
+        min_window_prefix=1,  # even Gemma's lone <bos> (its sliding window then reaches past it)
     )
     for budget, runner in runners:
         stats = runner.stats
         assert stats.real_tokens < stats.pair_tokens  # the prompts were computed once
+        assert runner.engine.window_prefix == window_prefix
+        assert stats.window_prefixes == (1 if window_prefix else 0)  # one window, one run
+        assert (stats.prefix_tokens_saved > 0) == window_prefix
+        calls = stats.forward_calls - stats.window_prefixes
         if budget == 1:  # each pair longer than the budget: alone in its batch
-            assert stats.forward_calls == len(encoded)
+            assert calls == len(encoded)
         if budget == 1 << 20:
-            assert stats.forward_calls == 1
+            assert calls == 1
             if mode == "packed":
                 assert stats.padded_tokens == stats.real_tokens  # no padding at all
 
@@ -98,11 +116,61 @@ def test_a_batch_of_one_pair(request, model_fixture):
         assert runner.stats.forward_calls == 1 and runner.stats.sequences == 2
 
 
+LEAD = "You are a careful assistant. Answer in one short sentence, and never make anything up. "
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gemma"])
+def test_a_long_window_prefix_equals_reference(request, model_fixture, implementation):
+    """Every prompt opens with the same text: a window prefix longer than Gemma's window of 8."""
+    loaded = request.getfixturevalue(model_fixture)
+    rows = [{**row, "prompt": LEAD + row["prompt"]} for row in HANDWRITTEN]
+    encoded = tokenize(loaded, to_pairs(rows))
+    reference = expected(loaded, encoded, "long-lead")
+    runners = check_engine(
+        loaded, encoded, reference, budgets=(1, 1 << 20), mode="packed", attention="segments",
+        attn_implementation=implementation,
+    )  # fmt: skip
+    for _budget, runner in runners:
+        assert runner.engine.window_prefix and runner.stats.window_prefixes == 1
+        saved = runner.stats.prefix_tokens_saved // (len(encoded) - 1)
+        assert saved > max(16, getattr(loaded.model.config, "sliding_window", None) or 0)
+
+
+def test_window_prefix_below_the_minimum_is_left_in_the_units(tiny_llama):
+    encoded = tokenize(tiny_llama, to_pairs(HANDWRITTEN))
+    shared = packing.window_prefix(encoded)
+    assert shared >= 8  # the chat template's system prompt and user header
+    runner = HiddenStateRunner(tiny_llama, min_window_prefix=shared + 1)
+    runner.run(encoded)
+    assert runner.engine.window_prefix and runner.stats.window_prefixes == 0
+    runner = HiddenStateRunner(tiny_llama, share_window_prefix=False)
+    assert not runner.engine.window_prefix and "window prefix" not in runner.describe()
+
+
+def test_a_model_whose_layers_hide_their_index_keeps_segments_without_window_prefix(tiny_llama, monkeypatch):
+    def no_index(module):
+        raise attn.LayoutUnsupported("the attention layers don't say their index (layer_idx)")
+
+    monkeypatch.setattr(attn, "layer_index", no_index)
+    monkeypatch.setattr(attn, "_checked", type(attn._checked)())  # forget earlier checks
+    encoded = tokenize(tiny_llama, to_pairs(HANDWRITTEN))
+    reference = expected(tiny_llama, encoded, "default-handwritten")
+    messages: list[str] = []
+    runner = HiddenStateRunner(tiny_llama, log=messages.append)
+    assert (runner.mode, runner.engine.executor, runner.engine.window_prefix) == ("packed", "segments", False)
+    assert "window prefixes not honoured" in messages[0] and "layer_idx" in messages[0]
+    for pair, pair_sums in zip(encoded, runner.run(encoded), strict=True):
+        assert_close(score_pair(pair, pair_sums), reference[pair.row_id])
+    monkeypatch.undo()
+    attn._checked.pop(tiny_llama.model, None)
+
+
 def test_auto_picks_packed_segments_on_cpu_and_says_so(tiny_llama):
     messages: list[str] = []
     runner = HiddenStateRunner(tiny_llama, log=messages.append)
     assert (runner.engine.mode, runner.engine.executor) == ("packed", "segments")
-    assert messages and "packed via segments attention" in messages[0]
+    assert messages and "packed via segments attention + window prefix" in messages[0]
     assert "checked equal to plain forward passes" in messages[0]
 
 
@@ -149,10 +217,10 @@ def test_cuda_out_of_memory_halves_then_splits_a_lone_pair(tiny_llama, monkeypat
     runner = HiddenStateRunner(tiny_llama, mode="packed", max_batch_tokens=4096, log=messages.append)
     real = runner._forward_layout
 
-    def flaky(batch, executor, sums, lasts):
-        if batch.real_tokens > 40:  # "too big": every pair-unit of the handwritten set but one
+    def flaky(batch, executor, sums, lasts, prefix=None):
+        if batch.real_tokens > 40:  # "too big": two of the four pair-units (less their window prefix)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(batch, executor, sums, lasts)
+        return real(batch, executor, sums, lasts, prefix)
 
     monkeypatch.setattr(runner, "_forward_layout", flaky)
     sums = runner.run(encoded)
@@ -194,6 +262,12 @@ def test_gemma3_packed_equals_reference(gemma3, hh_file):
     encoded = tokenize(gemma3, pairs)
     reference = expected(gemma3, encoded, "default")
     check_engine(gemma3, encoded, reference, budgets=(1 << 20,), mode="packed", attention="segments")
+    # its sequences share only <bos> and a few tokens: below the minimum, so force one
+    (_, runner), *_ = check_engine(
+        gemma3, encoded, reference, budgets=(1 << 20,), shuffle=False, mode="packed", attention="segments",
+        min_window_prefix=1,
+    )  # fmt: skip
+    assert runner.stats.window_prefixes == 1
 
 
 @pytest.mark.slow

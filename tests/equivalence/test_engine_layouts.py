@@ -95,6 +95,51 @@ def test_attention_rule():
     assert attended_pairs(unit) == int(allowed.sum())
 
 
+@pytest.mark.parametrize("official", [False, True])
+def test_window_prefix_stops_before_the_first_position_read(official):
+    pairs = [
+        pair([1, 2, 3, 4, 5], [10, 11], [20], official=official),
+        pair([1, 2, 3, 9], [12], [21, 22], official=official, row_id=1),
+    ]
+    assert packing.window_prefix(pairs) == 3  # sequences share 1 2 3
+    short = pair([1, 2], [10], [20], official=official, row_id=2)  # reads from position 1
+    assert packing.window_prefix([*pairs, short]) == 1
+    assert packing.window_prefix([pair([7, 2, 3], [10], [20])] + pairs) == 0
+    assert packing.window_prefix([]) == 0
+    # one pair alone: everything before its first read position
+    assert packing.window_prefix(pairs[:1]) == 4
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_a_unit_without_its_window_prefix_reads_the_same_tokens(official):
+    tokenized = pair([1, 2, 3, 4, 5], [10, 11], [20, 21, 22], official=official)
+    unit = packing.pair_unit(tokenized, 2)
+    cut = packing.without_prefix(unit, 3)
+    assert cut.offset == 3 and len(cut) == len(unit) - 3 and not cut.plain
+    assert list(cut.positions) == list(unit.positions[3:])
+    for slot in (4, 5):
+        assert expand(cut, slot) == expand(unit, slot)
+    # its attention, prefix keys first, is the uncut unit's with the prefix's queries dropped
+    allowed = packing.attention_allowed(unit.positions, unit.branch, window=3)
+    assert (packing.attention_allowed(cut.positions, cut.branch, window=3, prefix=3) == allowed[3:]).all()
+    prefix_pairs = 3 * 4 // 2  # the prefix's own causal attention, computed once
+    assert attended_pairs(cut) + prefix_pairs == attended_pairs(unit)
+    assert cut.attended_pairs() + prefix_pairs == unit.attended_pairs()
+    assert packing.without_prefix(unit, 0) is unit
+
+
+def test_a_unit_refuses_to_give_up_tokens_that_are_read():
+    unit = packing.pair_unit(pair([1, 2, 3], [10, 11], [20]), 0)  # reads from position 2
+    with pytest.raises(ValueError, match="first 3 tokens"):
+        packing.without_prefix(unit, 3)
+    with pytest.raises(ValueError):
+        packing.without_prefix(packing.without_prefix(unit, 1), 1)  # once only
+    branches = packing.pair_unit(TokenizedPair(0, 1, SequenceSpan((5, 6, 7), 2, 3),
+                                               SequenceSpan((8, 6, 7), 2, 3), (7,), (7,)), 0)  # fmt: skip
+    with pytest.raises(ValueError):  # nothing shared: its first token is chosen-only
+        packing.without_prefix(branches, 1)
+
+
 def test_sequence_unit_is_plain_causal():
     unit = packing.sequence_unit(SequenceSpan((1, 2, 3, 4), 2, 3), slot=5)
     assert unit.plain and unit.shared == 0

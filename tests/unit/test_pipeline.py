@@ -334,7 +334,10 @@ def test_pair_id_is_a_stable_content_hash(score, tmp_path):
     path = write_jsonl(tmp_path / "b.jsonl", conversational)
     score(path, tmp_path / "three")
     assert output_rows(tmp_path / "three")[0]["pair_id"] == ids[0]
-    assert first[0]["ches"] == output_rows(tmp_path / "three")[0]["ches"]
+    # The same input scores bitwise the same; scored among other pairs (here: with a window
+    # prefix computed in a pass of its own), the same pair may differ in float rounding only.
+    assert [r["ches"] for r in first] == [r["ches"] for r in second]
+    assert first[0]["ches"] == pytest.approx(output_rows(tmp_path / "three")[0]["ches"], rel=1e-5)
 
 
 def test_non_empty_output_needs_overwrite(score, tmp_path, monkeypatch):
