@@ -83,8 +83,9 @@ class Result:
 
 
 def load_pairs(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], float]:
-    """The first ``--pairs`` HH-RLHF rows that tokenise to a non-identical pair, and the time
-    tokenising them took (per pair, for the overlap discussion)."""
+    """``--pairs`` HH-RLHF rows that tokenise to a non-identical pair, and the time tokenising
+    them took (per pair, for the overlap discussion): the first ones, or with ``--sample spread``
+    rows evenly spaced over the file (then the rows after them, should some not tokenise)."""
     from ches_filter.data.layouts import LayoutOptions, detect_layout
     from ches_filter.records import PreferencePair, TokenizedPair
     from ches_filter.tokenization import PairTokenizer, TokenizationOptions
@@ -96,8 +97,14 @@ def load_pairs(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Any], flo
     layout = detect_layout(list(rows[0]), rows[:100], LayoutOptions())
     pair_tokenizer = PairTokenizer(tokenizer, TokenizationOptions(max_length=args.max_length))
     encoded: list[TokenizedPair] = []
+    order = list(range(len(rows)))
+    if args.sample == "spread":
+        step = max(1, len(rows) // max(args.pairs, 1))
+        picked = order[::step]
+        order = picked + sorted(set(order) - set(picked))
     started = time.perf_counter()
-    for row_id, row in enumerate(rows):
+    for row_id in order:
+        row = rows[row_id]
         item = layout.extract(row_id, row)
         if not isinstance(item, PreferencePair):
             continue
@@ -308,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a randomly initialised model from --model's config (timing only; "
                         "for machines that can't hold the weights)")  # fmt: skip
     parser.add_argument("--pairs", type=int, default=64, help="pairs for the engine runs")
+    parser.add_argument("--sample", choices=("first", "spread"), default="first",
+                        help="first: the file's first pairs; spread: pairs evenly spaced over the file")  # fmt: skip
     parser.add_argument("--reference-pairs", type=int, default=None,
                         help="pairs for (a) and (b0) (default: --pairs); pairs/s is compared")  # fmt: skip
     parser.add_argument("--max-length", type=int, default=None, help="--max-length as for ches score")
@@ -428,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; malloc: {allocator}",
         f"model: {args.model}{' (random weights, same shape)' if args.random_init else ''}, "
         f"engine dtype {str(loaded.dtype).removeprefix('torch.')}, --max-batch-tokens {args.max_batch_tokens}",
-        f"data: {len(pairs)} HH-RLHF pairs"
+        f"data: {len(pairs)} HH-RLHF pairs{' spread over the file' if args.sample == 'spread' else ''}"
         + (f" ({n_ref} for a/b0)" if {"a", "b0"} & set(steps) else "")
         + f", prompt {prompt:.0f} + responses {response:.0f} tokens on average; "
         + (f"tokenising took {tokenise_s * 1e3:.1f} ms per pair" if tokenise_s == tokenise_s else "tokenised elsewhere"),
