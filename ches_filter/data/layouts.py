@@ -250,20 +250,24 @@ def _split_last_reply(turns: tuple[Turn, ...], field: str) -> tuple[tuple[Turn, 
     return turns[:-1], turns[-1].content
 
 
+def _optional_text(row: Mapping[str, Any], fields: Mapping[str, str], role: str) -> str | None:
+    """An optional string field's text: None when the layout has no such column, or the row
+    leaves it missing, null or blank; a _Problem naming the field when it isn't a string."""
+    if role not in fields:
+        return None
+    value = get_field(row, fields[role])
+    if value is None or value is _MISSING:
+        return None
+    if not isinstance(value, str):
+        raise _Problem(Status.INVALID_FIELD, f"field {fields[role]!r} is {_kind(value)}, not a string")
+    return None if is_blank(value) else value
+
+
 def _prompt_with_input(row: Mapping[str, Any], fields: Mapping[str, str]) -> str:
     """The prompt string; Alpaca style, ``instruction + "\\n\\n" + input`` when input is set."""
     prompt = _string(row, fields["prompt"])
-    if "input" in fields:
-        extra = get_field(row, fields["input"])
-        if extra is not None and extra is not _MISSING:
-            if not isinstance(extra, str):
-                raise _Problem(
-                    Status.INVALID_FIELD,
-                    f"field {fields['input']!r} is {_kind(extra)}, not a string",
-                )
-            if not is_blank(extra):
-                prompt = f"{prompt}\n\n{extra}"
-    return prompt
+    extra = _optional_text(row, fields, "input")
+    return prompt if extra is None else f"{prompt}\n\n{extra}"
 
 
 def _first_difference(a: str, b: str) -> int:
@@ -354,25 +358,32 @@ class Layout(ABC):
 class StandardLayout(Layout):
     name = "standard"
     summary = "explicit prompt, standard"
-    expects = "string fields prompt (or query / question / instruction [+ input]), chosen, rejected"
+    expects = (
+        "string fields prompt (or query / question / instruction [+ input]), chosen, rejected "
+        "[+ system]"
+    )
     roles = {
         "prompt": PROMPT_SYNONYMS,
         "chosen": ("chosen",),
         "rejected": ("rejected",),
         "input": ("input",),
+        "system": ("system", "system_prompt"),  # Orca-style DPO pairs carry one per row
     }
-    optional = ("input",)
+    optional = ("input", "system")
 
     def _prompt(self, row: Mapping[str, Any]) -> str:
         return _prompt_with_input(row, self.fields)
 
     def _extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair:
         prompt = self._prompt(row)
+        system = _optional_text(row, self.fields, "system")
         chosen = _string(row, self.fields["chosen"])
         rejected = _string(row, self.fields["rejected"])
         if is_blank(prompt):
             raise _Problem(Status.EMPTY_PROMPT, f"field {self.fields['prompt']!r} is empty")
         _check_responses(chosen, rejected, (self.fields["chosen"], self.fields["rejected"]))
+        if system is not None:  # a system turn, then the prompt as the user's turn
+            return _messages_pair(row_id, (Turn("system", system), Turn("user", prompt)), chosen, rejected)
         return _string_pair(row_id, prompt, chosen, rejected)
 
 

@@ -138,6 +138,26 @@ def test_prompt_synonyms(synonym: str) -> None:
     assert layout.extract(7, rows[0]) == simple(7, "Q?", "a", "b")
 
 
+def test_orca_system_column_becomes_a_system_turn() -> None:
+    rows = [
+        {"system": "Be brief.", "question": SKY, "chosen": "It is blue.", "rejected": "It is black."},
+        {"system": "", "question": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+        {"system": None, "question": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+        {"system": ["Be brief."], "question": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+    ]
+    layout = detect(rows)
+    assert layout.name == "standard" and "system" in layout.description
+    out = [layout.extract(i, row) for i, row in enumerate(rows)]
+    system_sky = (Turn("system", "Be brief."), Turn("user", SKY))
+    plain = f"\n\nSystem: Be brief.\n\nHuman: {SKY}\n\nAssistant:"
+    assert out[0] == pair(
+        0, system_sky, "It is blue.", "It is black.", plain, " It is blue.", " It is black."
+    )
+    assert out[1] == simple(1, "Hi", "Hello!", "Go away.")  # blank or null: no system turn
+    assert out[2] == simple(2, "Hi", "Hello!", "Go away.")
+    problem(out[3], Status.INVALID_FIELD, "'system'", "not a string")
+
+
 def test_conversational() -> None:
     out = extract_all("conversational")
     system_sky = (Turn("system", "Be brief."), Turn("user", SKY))
