@@ -294,10 +294,10 @@ def filter_scores(
                 raise DatasetError(f"the shards under {folder.path} changed while filtering")
             keep = pa.array(selection.keep[offset : offset + size])
             offset += size
-            rows = batch.select(columns)
-            kept_writer.write_rows(rows.filter(keep).to_pylist())
+            rows = pa.Table.from_batches([batch.select(columns)])
+            kept_writer.write_table(rows.filter(keep))
             if removed_writer is not None:
-                removed_writer.write_rows(rows.filter(pc.invert(keep)).to_pylist())
+                removed_writer.write_table(rows.filter(pc.invert(keep)))
         if offset != expected_ids.size:
             raise DatasetError(f"the shards under {folder.path} changed while filtering")
         kept_paths = kept_writer.close()

@@ -161,6 +161,22 @@ class ShardWriter:
         self._raise_failures(wait_for=self.MAX_PENDING - 1)
         self._pending.append(self._executor.submit(self._append, batch))
 
+    def write_table(self, table: pa.Table) -> None:
+        """Rows already in Arrow (``ches filter``): no round trip through Python objects.
+
+        The table needs this writer's columns, with types that cast to its schema's.
+        """
+        if self._closed:
+            raise OutputError("the shard writer is closed")
+        if table.num_rows == 0:
+            return
+        try:
+            table = table.select(self.schema.names).cast(self.schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise OutputError(f"rows do not fit the output's schema: {exc}") from None
+        self._raise_failures(wait_for=self.MAX_PENDING - 1)
+        self._pending.append(self._executor.submit(self._append_table, table))
+
     def close(self) -> list[Path]:
         """Write what is left and give every shard its final ``-of-N`` name."""
         if self._closed:
@@ -208,20 +224,23 @@ class ShardWriter:
     # -- the writer thread ---------------------------------------------------------------
 
     def _append(self, rows: list[Mapping[str, Any]]) -> None:
+        if self._text_fields:
+            rows = [self._as_text(row) for row in rows]
+        try:
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise self._schema_error(rows, exc) from None
+        self._append_table(table)
+
+    def _append_table(self, table: pa.Table) -> None:
         offset = 0
-        while offset < len(rows):
+        while offset < table.num_rows:
             room = self.rows_per_shard - self._shard_rows
-            piece = rows[offset : offset + room]
-            offset += len(piece)
-            if self._text_fields:
-                piece = [self._as_text(row) for row in piece]
-            try:
-                table = pa.Table.from_pylist(piece, schema=self.schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise self._schema_error(piece, exc) from None
-            self._group.append(table)
-            self._group_rows += table.num_rows
-            self._shard_rows += table.num_rows
+            piece = table.slice(offset, room)
+            offset += piece.num_rows
+            self._group.append(piece)
+            self._group_rows += piece.num_rows
+            self._shard_rows += piece.num_rows
             if self._group_rows >= self.ROW_GROUP_ROWS or self._shard_rows >= self.rows_per_shard:
                 self._write_group()
             if self._shard_rows >= self.rows_per_shard:

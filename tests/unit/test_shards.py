@@ -41,6 +41,29 @@ def test_rows_cross_batch_and_shard_boundaries_in_order(tmp_path):
     assert writer.rows_written == 10
 
 
+def test_arrow_tables_go_in_as_they_are_mixed_with_rows(tmp_path):
+    writer = writer_at(tmp_path, rows_per_shard=4)
+    table = pa.Table.from_pylist(rows(0, 6))
+    writer.write_table(table.select(["score", "text", "row_id"]))  # columns in another order
+    writer.write_table(table.slice(0, 0))  # nothing
+    writer.write_rows(rows(6, 9))
+    writer.write_table(pa.Table.from_pylist(rows(9, 10)).cast(
+        pa.schema([("row_id", pa.int32()), ("text", pa.large_string()), ("score", pa.float32())])))  # fmt: skip
+    paths = writer.close()
+    assert [pq.read_metadata(p).num_rows for p in paths] == [4, 4, 2]
+    read = [row for p in paths for row in pq.read_table(p).to_pylist()]
+    assert [r["row_id"] for r in read] == list(range(10))
+    assert read[:9] == rows(0, 9) and read[9]["score"] == pytest.approx(3.0)
+    assert pq.read_table(paths[0]).schema == SCHEMA
+
+
+def test_a_table_without_the_schemas_columns_is_refused_at_once(tmp_path):
+    writer = writer_at(tmp_path)
+    with pytest.raises(OutputError, match="schema"):
+        writer.write_table(pa.table({"row_id": [1], "text": ["a"]}))
+    writer.abort()
+
+
 def test_row_groups_are_bounded_not_whole_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(ShardWriter, "ROW_GROUP_ROWS", 5)
     writer = writer_at(tmp_path, rows_per_shard=100)
