@@ -18,18 +18,30 @@ from rich.progress import (
 )
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
 class ScoreProgress:
     """Receives :class:`ches_filter.pipeline.Progress` updates and log lines.
 
-    The bar appears with the first update (after the model has loaded), so messages printed
-    while resolving and loading the model are not interleaved with an empty bar.
+    On a terminal, a bar that appears with the first update (after the model has loaded), so
+    messages printed while resolving and loading the model are not interleaved with an empty
+    bar. Elsewhere (a CI log, a file), where a live bar would show only its final state, a plain
+    line at most every ``PLAIN_EVERY_S`` seconds of scoring, and one when the last row is done.
     """
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self, console: Console, *, enabled: bool = True) -> None:
         self.console = console
         self.enabled = enabled
         self._bar: Progress | None = None
         self._task: TaskID | None = None
+        self._plain_at: float | None = None  # elapsed_s of the last plain line
 
     def __enter__(self) -> ScoreProgress:
         return self
@@ -48,6 +60,9 @@ class ScoreProgress:
 
     def update(self, state: Any) -> None:
         if not self.enabled:
+            return
+        if not self.console.is_terminal:
+            self._plain_line(state)
             return
         if self._bar is None:
             self._bar = Progress(
@@ -74,3 +89,19 @@ class ScoreProgress:
                 "tokens_s": f"{state.tokens_done / elapsed:,.0f}",
             }
         self._bar.update(self._task, completed=state.rows_done, total=state.rows_total, **rates)
+
+    def _plain_line(self, state: Any) -> None:
+        done = state.rows_total is not None and state.rows_done >= state.rows_total
+        due = self._plain_at is None or state.elapsed_s - self._plain_at >= self.PLAIN_EVERY_S
+        if state.rows_done == 0 or not (due or done):
+            return
+        self._plain_at = state.elapsed_s
+        of = f" of {state.rows_total:,}" if state.rows_total is not None else ""
+        line = f"scoring: {state.rows_done:,}{of} pairs"
+        if state.elapsed_s > 0:
+            pairs_s = state.rows_done / state.elapsed_s
+            line += f", {pairs_s:,.1f} pairs/s, {state.tokens_done / state.elapsed_s:,.0f} tokens/s"
+            line += f", {_duration(state.elapsed_s)} elapsed"
+            if state.rows_total is not None and not done and pairs_s > 0:
+                line += f", ETA {_duration((state.rows_total - state.rows_done) / pairs_s)}"
+        self.console.print(line)
