@@ -170,9 +170,9 @@ class ShardWriter:
             raise OutputError("the shard writer is closed")
         if table.num_rows == 0:
             return
-        try:
+        try:  # a missing column: KeyError; a type that won't cast: ArrowInvalid / NotImplemented
             table = table.select(self.schema.names).cast(self.schema)
-        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError, NotImplementedError) as exc:
             raise OutputError(f"rows do not fit the output's schema: {exc}") from None
         self._raise_failures(wait_for=self.MAX_PENDING - 1)
         self._pending.append(self._executor.submit(self._append_table, table))
