@@ -18,6 +18,11 @@ Two executors, both checked against plain forward passes (:func:`layout_honoured
   (captured per layer by a forward pass over the prefix alone, the plan's ``capture``)
   followed by its own, and its mask has the prefix's columns first: the tokens that every
   sequence of a window starts with are computed once per window instead of once per pair.
+  A unit longer than ``QUERY_BLOCK`` tokens is attended in blocks of that many queries, each
+  over the keys it may see (:meth:`AttentionPlan.blocks`): SDPA's CPU kernel computes every
+  (query, key) score of a call, masked or not (``is_causal`` included), so one call per unit
+  spends half its work above the causal diagonal and on the chosen tokens the rejected ones
+  don't see; blocks of queries skip most of it (docs/performance.md).
 
 Both executors run the model under the registered ``ches`` attention function, which calls the
 underlying implementation. On CUDA it first expands grouped key/value heads into contiguous
@@ -39,6 +44,7 @@ from typing import Any
 from .packing import SHARED, attention_allowed
 
 CHES_ATTENTION = "ches"
+QUERY_BLOCK = 64  # queries per attention call within a unit (segments executor)
 EXECUTORS = ("mask", "segments")
 SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -124,6 +130,20 @@ class WindowPrefix:
     states: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class QueryBlock:
+    """One attention call within a unit: some of its queries, the keys they may see, a mask.
+
+    ``queries`` index the unit's own tokens; ``keys`` index its keys, the window prefix's
+    first. ``mask`` is additive over those rows and columns, or None for a plain causal
+    sequence under SDPA (its ``is_causal``).
+    """
+
+    queries: slice
+    keys: slice
+    mask: Any
+
+
 @dataclass
 class AttentionPlan:
     """What the ``ches`` attention function needs for one forward pass.
@@ -138,27 +158,39 @@ class AttentionPlan:
     extents: list[tuple[int, int, int, Any]] | None = None  # (row, start, end, packing.Unit)
     prefix: WindowPrefix | None = None  # keys and values every unit attends to before its own
     capture: WindowPrefix | None = None  # this pass computes a window prefix: keep its states
-    _masks: dict[tuple[int, int | None], Any] = field(default_factory=dict)
+    query_block: int = QUERY_BLOCK
+    _blocks: dict[tuple[int, int | None], list[QueryBlock]] = field(default_factory=dict)
 
-    def mask(self, index: int, window: int | None) -> Any:
-        """A unit's own mask for this layer's window (None: plain causal under SDPA)."""
+    def blocks(self, index: int, window: int | None) -> list[QueryBlock]:
+        """A unit's attention calls for this layer's window, built once per forward pass.
+
+        One call for a unit of up to ``query_block`` tokens; otherwise one per block of that
+        many queries, over the span of keys any of them may see (from the first to the last
+        allowed column), with the unit's mask cut to those rows and columns.
+        """
         key = (index, window)
-        if key not in self._masks:
-            import torch
-
+        if key not in self._blocks:
             assert self.extents is not None
             _, start, end, unit = self.extents[index]
-            needs_window = window is not None and end - start > window
-            if unit.plain and not needs_window and self.implementation == "sdpa":
-                self._masks[key] = None
-            else:  # additive, built once per unit and window (not converted again per layer)
-                allowed = torch.from_numpy(
-                    attention_allowed(unit.positions, unit.branch, window, prefix=unit.offset)
-                )
-                mask = torch.zeros(allowed.shape, dtype=self.dtype)
-                mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-                self._masks[key] = mask[None, None].to(self.device)
-        return self._masks[key]
+            n = end - start
+            needs_window = window is not None and n > window
+            if n <= self.query_block and unit.plain and not needs_window and self.implementation == "sdpa":
+                self._blocks[key] = [QueryBlock(slice(0, n), slice(0, n), None)]
+            else:
+                allowed = attention_allowed(unit.positions, unit.branch, window, prefix=unit.offset)
+                self._blocks[key] = [self._block(allowed, q, min(n, q + self.query_block)) for q in range(0, n, self.query_block)]
+        return self._blocks[key]
+
+    def _block(self, allowed: Any, first: int, end: int) -> QueryBlock:
+        import torch
+
+        rows = allowed[first:end]
+        seen = rows.any(axis=0)  # every query sees itself, so never empty
+        lo = int(seen.argmax())
+        hi = int(seen.shape[0] - seen[::-1].argmax())
+        mask = torch.zeros((end - first, hi - lo), dtype=self.dtype)
+        mask.masked_fill_(~torch.from_numpy(rows[:, lo:hi].copy()), torch.finfo(self.dtype).min)
+        return QueryBlock(slice(first, end), slice(lo, hi), mask[None, None].to(self.device))
 
 
 class _HeadsExpanded:
@@ -220,10 +252,24 @@ def ches_attention(
                 raise LayoutUnsupported(f"a unit needs a window prefix of {unit.offset} tokens")
             unit_key = torch.cat([prefix[0], unit_key], dim=2)
             unit_value = torch.cat([prefix[1], unit_value], dim=2)
-        piece, _ = inner(
-            module, query[row : row + 1, :, start:end], unit_key, unit_value, plan.mask(index, window), **kwargs
-        )
-        output[row, start:end] = piece[0]
+        blocks = plan.blocks(index, window)
+        caller = module
+        groups = getattr(module, "num_key_value_groups", 1)
+        if len(blocks) > 1 and groups > 1:  # expand key/value heads once, not once per block
+            unit_key = unit_key.repeat_interleave(groups, dim=1)
+            unit_value = unit_value.repeat_interleave(groups, dim=1)
+            caller = _HeadsExpanded(module)
+        for block in blocks:
+            rows = slice(start + block.queries.start, start + block.queries.stop)
+            piece, _ = inner(
+                caller,
+                query[row : row + 1, :, rows],
+                unit_key[:, :, block.keys],
+                unit_value[:, :, block.keys],
+                block.mask,
+                **kwargs,
+            )
+            output[row, rows] = piece[0]
     return output, None
 
 

@@ -111,7 +111,8 @@ class HiddenStateRunner:
     implementation (``sdpa``, ``eager``) instead of the one it was loaded with. ``row_tokens``:
     capacity of a packed row (default: the whole budget on CPU, 1024 on GPU).
     ``share_window_prefix``: compute each window's common start once (segments executor only),
-    when it is at least ``min_window_prefix`` tokens long. ``timed``:
+    when it is at least ``min_window_prefix`` tokens long. ``query_block``: queries per
+    attention call within a unit (segments executor, see :mod:`.attention`). ``timed``:
     synchronise a GPU after every batch so that ``stats.forward_s`` is the forward passes' own
     time (the benchmark); otherwise the host prepares the next batch while the GPU computes.
     """
@@ -127,6 +128,7 @@ class HiddenStateRunner:
         row_tokens: int | None = None,
         share_window_prefix: bool = True,
         min_window_prefix: int = MIN_WINDOW_PREFIX,
+        query_block: int = attn.QUERY_BLOCK,
         timed: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -146,6 +148,9 @@ class HiddenStateRunner:
         self.log = log
         self.timed = timed
         self.min_window_prefix = max(1, min_window_prefix)
+        if query_block < 1:
+            raise ValueError("query_block must be positive")
+        self.query_block = query_block
         self.stats = RunnerStats()
         self.implementation = attn_implementation or attn.current_implementation(self.model)
         on_gpu = self.device.type == "cuda"
@@ -421,6 +426,7 @@ class HiddenStateRunner:
             dtype=self.dtype,
             extents=batch.unit_extents(),
             capture=prefix,
+            query_block=self.query_block,
         )
         with torch.inference_mode(), attn.attention_implementation(self.model, attn.CHES_ATTENTION):
             self.model(
@@ -444,7 +450,11 @@ class HiddenStateRunner:
         }
         input_ids = self._to_device(batch.ids)
         plan = attn.AttentionPlan(
-            implementation=self.implementation, device=self.device, dtype=self.dtype, prefix=prefix
+            implementation=self.implementation,
+            device=self.device,
+            dtype=self.dtype,
+            prefix=prefix,
+            query_block=self.query_block,
         )
         masks = None
         if executor == "segments":

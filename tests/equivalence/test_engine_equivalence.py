@@ -122,19 +122,39 @@ LEAD = "You are a careful assistant. Answer in one short sentence, and never mak
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gemma"])
 def test_a_long_window_prefix_equals_reference(request, model_fixture, implementation):
-    """Every prompt opens with the same text: a window prefix longer than Gemma's window of 8."""
+    """Every prompt opens with the same text: a window prefix longer than Gemma's window of 8.
+
+    Queries go to attention in blocks of 5 (so a block's keys start past the window prefix
+    where Gemma's window of 8 allows)."""
     loaded = request.getfixturevalue(model_fixture)
     rows = [{**row, "prompt": LEAD + row["prompt"]} for row in HANDWRITTEN]
     encoded = tokenize(loaded, to_pairs(rows))
     reference = expected(loaded, encoded, "long-lead")
     runners = check_engine(
         loaded, encoded, reference, budgets=(1, 1 << 20), mode="packed", attention="segments",
-        attn_implementation=implementation,
+        attn_implementation=implementation, query_block=5,
     )  # fmt: skip
     for _budget, runner in runners:
         assert runner.engine.window_prefix and runner.stats.window_prefixes == 1
         saved = runner.stats.prefix_tokens_saved // (len(encoded) - 1)
         assert saved > max(16, getattr(loaded.model.config, "sliding_window", None) or 0)
+
+
+@pytest.mark.parametrize("query_block", [1, 7])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gemma"])
+def test_queries_in_blocks_equal_reference(request, model_fixture, implementation, query_block, hh_file):
+    """Segments attention over blocks of queries (as units longer than 64 tokens get it)."""
+    loaded = request.getfixturevalue(model_fixture)
+    encoded = tokenize(loaded, mixed_pairs(hh_file))
+    assert max(len(p.chosen.ids) for p in encoded) > 4 * query_block
+    reference = expected(loaded, encoded, "default")
+    for window_prefix in (False, True):
+        check_engine(
+            loaded, encoded, reference, budgets=(300, 1 << 20), shuffle=False, mode="packed",
+            attention="segments", attn_implementation=implementation, share_window_prefix=window_prefix,
+            min_window_prefix=1, query_block=query_block,
+        )  # fmt: skip
 
 
 def test_window_prefix_below_the_minimum_is_left_in_the_units(tiny_llama):

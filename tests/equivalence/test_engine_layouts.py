@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ches_filter.model import attention as attn
 from ches_filter.model import packing
 from ches_filter.model.runner import attended_pairs
 from ches_filter.records import SequenceSpan, TokenizedPair
@@ -138,6 +139,39 @@ def test_a_unit_refuses_to_give_up_tokens_that_are_read():
                                                SequenceSpan((8, 6, 7), 2, 3), (7,), (7,)), 0)  # fmt: skip
     with pytest.raises(ValueError):  # nothing shared: its first token is chosen-only
         packing.without_prefix(branches, 1)
+
+
+@pytest.mark.parametrize("window", [None, 3, 64])
+@pytest.mark.parametrize("query_block", [1, 2, 5, 64])
+@pytest.mark.parametrize("offset", [0, 3])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_query_blocks_cover_exactly_what_the_unit_attends_to(window, query_block, offset, implementation):
+    """Blocks of queries, each over a span of keys: every allowed (query, key) inside a block
+    with the same mask as one call per unit, nothing allowed left outside."""
+    torch = pytest.importorskip("torch")
+    unit = packing.pair_unit(pair([1, 2, 3, 4, 5, 6], [10, 11, 12, 13], [20, 21, 22]), 0)
+    unit = packing.without_prefix(unit, offset)
+    plain = packing.sequence_unit(SequenceSpan(tuple(range(1, 12)), 4, 10), slot=1)
+    for index, item in enumerate((unit, plain)):
+        plan = attn.AttentionPlan(implementation, torch.device("cpu"), torch.float32,
+                                  extents=[(0, 0, len(unit), unit), (0, len(unit), len(unit) + len(plain), plain)],
+                                  query_block=query_block)  # fmt: skip
+        allowed = packing.attention_allowed(item.positions, item.branch, window, prefix=item.offset)
+        blocks = plan.blocks(index, window)
+        rows = [i for block in blocks for i in range(len(item))[block.queries]]
+        assert rows == list(range(len(item)))  # every query once, in order
+        assert len(blocks) == -(-len(item) // query_block) or len(blocks) == 1
+        for block in blocks:
+            inside = allowed[block.queries, block.keys]
+            outside = allowed[block.queries].copy()
+            outside[:, block.keys] = False
+            assert not outside.any()  # nothing allowed outside the block's keys
+            if block.mask is None:  # plain causal under SDPA, one call
+                assert implementation == "sdpa" and item.plain and len(blocks) == 1
+                assert (inside == np.tril(np.ones_like(inside))).all()
+            else:
+                assert (block.mask[0, 0].numpy() == 0).tolist() == inside.tolist()
+        assert plan.blocks(index, window) is blocks  # built once per forward pass
 
 
 def test_sequence_unit_is_plain_causal():
