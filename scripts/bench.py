@@ -17,7 +17,9 @@ On the same pairs, model and machine, in one run:
 
 Every engine row is checked equal to (a) (ln_ches within 1e-4 of the scale of its terms), so a
 fast row is never a wrong one. Each engine configuration runs ``--repeats`` times, interleaved
-with the others, and its fastest run is kept (other processes share the machine). The matmul
+with the others, and its fastest run is kept (other processes share the machine); the speedup is
+also given round by round (each run over the reference's run of the same round), which a drift of
+the machine's speed over the run moves less than a ratio of two fastest runs does. The matmul
 throughput of the machine is measured at the start and at the end of the same run; the higher
 figure is the one the forward passes are compared with. glibc's malloc is set to keep freed
 memory, as ``ches score`` does on a CPU, for every step, (a) included (``--allocator default``
@@ -263,6 +265,14 @@ def engine_run(
     return time.perf_counter() - started, out, runner
 
 
+def round_speedups(reference: Result, step: Result) -> list[float]:
+    """pairs/s of each of ``step``'s runs over (a)'s run of the same round (the runs interleave)."""
+    return [
+        (step.pairs / seconds) / (reference.pairs / ref_seconds)
+        for seconds, ref_seconds in zip(step.runs, reference.runs, strict=False)
+    ]
+
+
 def max_error(pairs: list[Any], sums: list[Any], reference: list[Any]) -> float:
     """Largest |ln_ches - ln_ches_ref| over the scale of its terms (the tests' tolerance: 1e-4)."""
     from ches_filter.scores import score_pair
@@ -446,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{v:.0f}' for v in matmul['float32'])})",
         f"each step ran {args.repeats} times, interleaved with the others; its fastest run is shown",
         "",
-        "| step | pairs/s | tokens/s | speedup vs (a) | forward GFLOP/s | of matmul peak | computed / padded tokens | max ln_ches error |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | pairs/s | tokens/s | speedup vs (a) | round by round | forward GFLOP/s | of matmul peak | computed / padded tokens | max ln_ches error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base_rate = results["a"].pairs / results["a"].seconds if "a" in results else None
     table = []
@@ -459,13 +469,20 @@ def main(argv: list[str] | None = None) -> int:
         gflops = r.flops / r.forward_s / 1e9
         peak = peak32 if key in ("a", "b0") or loaded.dtype == torch.float32 else peak16
         speedup = f"{rate / base_rate:.2f}x" if base_rate else "—"
+        paired = round_speedups(results["a"], r) if "a" in results and key != "a" else []
+        by_round = (
+            f"{np.median(paired):.2f}x ({min(paired):.2f}–{max(paired):.2f})" if len(paired) > 1 else "—"
+        )
         error = "—" if r.max_error is None else f"{r.max_error:.1e}"
         lines.append(
-            f"| ({key}) {r.name} | {rate:.2f} | {r.pair_tokens / r.seconds:.0f} | {speedup} | "
+            f"| ({key}) {r.name} | {rate:.2f} | {r.pair_tokens / r.seconds:.0f} | {speedup} | {by_round} | "
             f"{gflops:.0f} | {gflops / peak:.0%} | {r.computed_tokens:,} / {r.padded_tokens:,} | {error} |"
         )
-        table.append({**r.__dict__, "pairs_per_s": rate, "gflops": gflops, "of_matmul_peak": gflops / peak})
+        table.append({**r.__dict__, "pairs_per_s": rate, "gflops": gflops, "of_matmul_peak": gflops / peak,
+                      "round_speedups": paired})  # fmt: skip
     lines.append("")
+    lines.append("speedup vs (a): fastest run over fastest run; round by round: each round's run over (a)'s run of")
+    lines.append("the same round (the runs of a round are minutes apart), the median and the range over the rounds;")
     lines.append("tokens/s: tokens of the two sequences of each pair, as (a) sees them, per second of wall time;")
     lines.append("forward GFLOP/s: FLOPs computed on real tokens per second spent in forward passes and sums;")
     lines.append("of matmul peak: that over the matmul GFLOP/s above in the step's dtype ((a), (b0): float32).")
