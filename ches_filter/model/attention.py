@@ -260,16 +260,16 @@ def ches_attention(
             unit_value = unit_value.repeat_interleave(groups, dim=1)
             caller = _HeadsExpanded(module)
         for block in blocks:
-            rows = slice(start + block.queries.start, start + block.queries.stop)
+            queries = slice(start + block.queries.start, start + block.queries.stop)
             piece, _ = inner(
                 caller,
-                query[row : row + 1, :, rows],
+                query[row : row + 1, :, queries],
                 unit_key[:, :, block.keys],
                 unit_value[:, :, block.keys],
                 block.mask,
                 **kwargs,
             )
-            output[row, rows] = piece[0]
+            output[row, queries] = piece[0]
     return output, None
 
 
