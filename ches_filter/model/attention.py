@@ -178,7 +178,10 @@ class AttentionPlan:
                 self._blocks[key] = [QueryBlock(slice(0, n), slice(0, n), None)]
             else:
                 allowed = attention_allowed(unit.positions, unit.branch, window, prefix=unit.offset)
-                self._blocks[key] = [self._block(allowed, q, min(n, q + self.query_block)) for q in range(0, n, self.query_block)]
+                self._blocks[key] = [
+                    self._block(allowed, first, min(n, first + self.query_block))
+                    for first in range(0, n, self.query_block)
+                ]
         return self._blocks[key]
 
     def _block(self, allowed: Any, first: int, end: int) -> QueryBlock:
