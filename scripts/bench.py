@@ -20,7 +20,7 @@ fast row is never a wrong one. Each engine configuration runs ``--repeats`` time
 with the others, and its fastest run is kept (other processes share the machine); the speedup is
 also given round by round (each run over the reference's run of the same round), which a drift of
 the machine's speed over the run moves less than a ratio of two fastest runs does. The matmul
-throughput of the machine is measured at the start and at the end of the same run; the higher
+throughput of the machine is measured at the start of the run and after each round; the highest
 figure is the one the forward passes are compared with. glibc's malloc is set to keep freed
 memory, as ``ches score`` does on a CPU, for every step, (a) included (``--allocator default``
 leaves it alone for every step).

@@ -185,6 +185,7 @@ class AttentionPlan:
         return self._blocks[key]
 
     def _block(self, allowed: Any, first: int, end: int) -> QueryBlock:
+        """Queries ``first..end-1`` of a unit whose attention rule is ``allowed`` ([q, k])."""
         import torch
 
         rows = allowed[first:end]
