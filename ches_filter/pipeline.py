@@ -246,6 +246,7 @@ class ScoreOptions:
     chosen_field: str | None = None
     rejected_field: str | None = None
     label_policy: str = "better"
+    ranking_pair: str | None = None  # the ranking layout's pair: first-second (default), first-last
     use_chat_template: bool = True
     max_length: int | None = None
     convention: str = "default"
@@ -259,6 +260,7 @@ class ScoreOptions:
             chosen_field=self.chosen_field,
             rejected_field=self.rejected_field,
             label_policy=self.label_policy,
+            ranking_pair=self.ranking_pair,
         )
 
     def tokenization_options(self) -> TokenizationOptions:
