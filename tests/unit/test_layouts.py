@@ -867,3 +867,12 @@ def test_row_reasons_quote_at_most_200_characters_of_data() -> None:
         result = layout.extract(0, row)
         assert isinstance(result, RowProblem), (layout.name, result)
         _short(result.reason)
+
+
+def test_docs_describe_every_layout_and_status() -> None:
+    formats = (ROOT / "docs" / "formats.md").read_text(encoding="utf-8")
+    scores = (ROOT / "docs" / "scores.md").read_text(encoding="utf-8")
+    for name in LAYOUTS:
+        assert f"`{name}`" in formats, name
+    for status in Status:
+        assert f"| `{status.value}` |" in scores, status
