@@ -44,7 +44,9 @@ LABEL_POLICIES = ("better", "safer")
 #: ``--ranking-pair``: which two of a ranked list (best first) become chosen and rejected.
 RANKING_PAIRS = ("first-second", "first-last")
 #: Columns that hold a list of candidate responses (``output``: LLaMA-Factory's ranking format).
-RESPONSE_LISTS = ("output", "outputs", "response", "responses", "completions", "candidates", "answers")
+RESPONSE_LISTS = (
+    "output", "outputs", "response", "responses", "completions", "candidates", "answers",
+)
 _INDEX = re.compile(r"-?[0-9]+")
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
@@ -127,7 +129,9 @@ def _walk(row: Any, path: str) -> tuple[Any, str | None]:
             if part not in value:
                 if not done:
                     return _MISSING, f"no field {clip(part, 60)!r}"
-                return _MISSING, f"{where!r} has no key {clip(part, 60)!r} (its keys: {clip_names(value)})"
+                return _MISSING, (
+                    f"{where!r} has no key {clip(part, 60)!r} (its keys: {clip_names(value)})"
+                )
             value = value[part]
         elif isinstance(value, (list, tuple)):
             if not _INDEX.fullmatch(part):
@@ -137,7 +141,8 @@ def _walk(row: Any, path: str) -> tuple[Any, str | None]:
                 )
             index = int(part)
             if not -len(value) <= index < len(value):
-                return _MISSING, f"{where!r} has {len(value)} item{'s' * (len(value) != 1)}, no index {index}"
+                items = f"{len(value)} item{'s' * (len(value) != 1)}"
+                return _MISSING, f"{where!r} has {items}, no index {index}"
             value = value[index]
         else:
             kind = "null" if value is None else _kind(value)
@@ -403,7 +408,8 @@ class Layout(ABC):
     roles: ClassVar[dict[str, tuple[str, ...]]]
     optional: ClassVar[tuple[str, ...]] = ()
     uses_label_policy: ClassVar[bool] = False
-    #: The ``input`` and ``history`` roles apply only beside an ``instruction`` prompt (Alpaca).
+    #: Whether a ``history`` role, like ``input``, applies only beside an ``instruction`` prompt
+    #: (Alpaca style); the ranking layout reads history whatever its prompt is called.
     alpaca_history_only: ClassVar[bool] = True
 
     def __init__(self, fields: Mapping[str, str], options: LayoutOptions | None = None) -> None:
@@ -453,9 +459,10 @@ class Layout(ABC):
             fields.pop("input", None)
             if cls.alpaca_history_only:
                 fields.pop("history", None)
+        # a field mapped as the prompt or a response is not also the system prompt
         taken = {fields.get(role) for role in ("prompt", "chosen", "rejected")}
-        if "system" in fields and fields["system"] in taken:  # a field mapped as the prompt or a response isn't
-            fields.pop("system")  # also the system prompt
+        if "system" in fields and fields["system"] in taken:
+            fields.pop("system")
         return cls(fields, options)
 
     def extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair | RowProblem:
@@ -490,7 +497,8 @@ class Layout(ABC):
         """``pair`` with a system turn first; its plain text re-rendered (see render_plain)."""
         if self._check_system(pair, system):
             return pair
-        return _messages_pair(pair.row_id, (Turn("system", system), *pair.prompt), pair.chosen, pair.rejected)
+        turns = (Turn("system", system), *pair.prompt)
+        return _messages_pair(pair.row_id, turns, pair.chosen, pair.rejected)
 
 
 class StandardLayout(Layout):
@@ -853,7 +861,8 @@ class RankingLayout(Layout):
         name = self.fields["responses"]
         second = "1" if self.ranking_pair == "first-second" else "-1"
         self.description += (
-            f"; chosen = {name}[0], rejected = {name}[{second}] (--ranking-pair {self.ranking_pair})"
+            f"; chosen = {name}[0], rejected = {name}[{second}] "
+            f"(--ranking-pair {self.ranking_pair})"
         )
 
     def _prompt_turns(self, row: Mapping[str, Any]) -> tuple[Turn, ...]:
