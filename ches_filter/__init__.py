@@ -34,7 +34,7 @@ _EXPORTS = {
     "Rule": "ches_filter.selection",
     "select": "ches_filter.selection",
     "build_report": "ches_filter.report",
-    "read_scores": "ches_filter.data.shards",
+    "read_scores": "ches_filter.data.score_folder",
     "ChesError": "ches_filter.errors",
     "Status": "ches_filter.records",
 }

@@ -12,10 +12,8 @@ No model is loaded on scores: changing K costs a read of a few numeric columns, 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,23 +22,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+# Re-exported (``X as X``): these lived here before data/score_folder.py.
+from .data.score_folder import ScoreFolder as ScoreFolder
+from .data.score_folder import has_score_shards as has_score_shards
+from .data.score_folder import is_score_output as is_score_output
+from .data.score_folder import score_array as score_array
+from .data.score_folder import select_from_table as select_from_table
+from .data.score_folder import table_fingerprint as table_fingerprint
 from .data.shards import (
-    DATA_DIR,
     MANIFEST_NAME,
     SCORE_COLUMNS,
     ShardWriter,
     atomic_write_bytes,
     prepare_output_dir,
-    read_scores,
 )
 from .errors import DatasetError, OptionError, OutputError
-from .selection import Rule, Selection, select
+from .selection import Rule, Selection
 
 Log = Callable[[str], None]
 
-_SHARD_RE = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
 REPORT_FILES = {"html": "report.html", "markdown": "report.md", "json": "report.json"}
 
 
@@ -52,130 +53,6 @@ def _tool() -> dict[str, str]:
     except Exception:  # running from a source tree that isn't installed
         ver = "0+unknown"
     return {"name": "ches-filter", "version": ver}
-
-
-def _shards(path: Path) -> list[Path]:
-    return sorted((path / DATA_DIR).glob("*-of-*.parquet"))
-
-
-def has_score_shards(path: Path) -> bool:
-    """True when ``path/data`` holds Parquet shards carrying every score column."""
-    shards = _shards(Path(path))
-    if not shards:
-        return False
-    names = set(pq.read_schema(shards[0]).names)
-    return all(column in names for column in SCORE_COLUMNS)
-
-
-def is_score_output(path: Path) -> bool:
-    """A ``ches score`` output: ``manifest.json`` plus shards with the score columns."""
-    return (Path(path) / MANIFEST_NAME).is_file() and has_score_shards(path)
-
-
-@dataclass(frozen=True)
-class ScoreFolder:
-    """An opened ``ches score`` output folder (only footers and the manifest are read)."""
-
-    path: Path
-    manifest: dict[str, Any]
-    shards: tuple[Path, ...]
-    schema: pa.Schema
-    original_columns: tuple[str, ...]
-    split: str
-
-    @classmethod
-    def open(cls, path: Path | str) -> ScoreFolder:
-        path = Path(path)
-        if not path.is_dir():
-            raise DatasetError(f"no such scores folder: {path}")
-        shards = _shards(path)
-        if not shards:
-            raise DatasetError(
-                f"no score shards under {path / DATA_DIR}", hint="run `ches score` first"
-            )
-        manifest_path = path / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise DatasetError(
-                f"{path} has shards but no {MANIFEST_NAME}: an interrupted or foreign output",
-                hint="rerun `ches score` into a fresh --output",
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {manifest_path}: {exc}") from exc
-        schema = pq.read_schema(shards[0])
-        missing = [c for c in SCORE_COLUMNS if c not in schema.names]
-        if missing:
-            raise DatasetError(
-                f"{shards[0]} lacks the score column(s) {', '.join(missing)}",
-                hint="pass the --output folder of `ches score`",
-            )
-        for shard in shards[1:]:
-            if pq.read_schema(shard).names != schema.names:
-                raise DatasetError(f"{shard} has other columns than {shards[0].name}")
-        splits = {m.group("split") for s in shards if (m := _SHARD_RE.match(s.name))}
-        if len(splits) != 1:
-            raise DatasetError(
-                f"{path / DATA_DIR} should hold the shards of one split, found "
-                f"{', '.join(sorted(splits)) or 'unrecognised shard names'}"
-            )
-        declared = (manifest.get("input") or {}).get("columns")
-        if declared is None:
-            originals = tuple(n for n in schema.names if n not in SCORE_COLUMNS)
-        else:
-            originals = tuple(declared)
-            absent = [c for c in originals if c not in schema.names]
-            if absent:
-                raise DatasetError(
-                    f"the manifest lists column(s) {', '.join(absent)} that the shards lack"
-                )
-        return cls(
-            path=path,
-            manifest=manifest,
-            shards=tuple(shards),
-            schema=schema,
-            original_columns=originals,
-            split=splits.pop(),
-        )
-
-    def read_columns(self, columns: list[str]) -> pa.Table:
-        return read_scores(self.path, columns=columns)
-
-    def read_score_table(self) -> pa.Table:
-        """Every score column of every row (numbers and short strings: no dataset text)."""
-        return self.read_columns(list(SCORE_COLUMNS))
-
-    def iter_batches(self, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
-        for shard in self.shards:
-            parquet = pq.ParquetFile(shard)
-            try:
-                yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
-            finally:
-                parquet.close()
-
-
-def table_fingerprint(table: pa.Table) -> str:
-    """sha256 of the table's content (Arrow IPC of one combined chunk), first 16 hex digits."""
-    sink = pa.BufferOutputStream()
-    combined = table.combine_chunks()
-    with pa.ipc.new_stream(sink, combined.schema.remove_metadata()) as writer:
-        writer.write_table(combined)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
-
-
-def score_array(table: pa.Table, column: str) -> np.ndarray:
-    """A float score column as float64 with NaN for nulls."""
-    return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
-
-
-def select_from_table(table: pa.Table, rule: Rule, *, keep_unscored: bool) -> Selection:
-    return select(
-        rule,
-        row_id=table.column("row_id").to_numpy(),
-        status=np.asarray(table.column("status").to_pylist(), dtype=object),
-        score=score_array(table, rule.by),
-        keep_unscored=keep_unscored,
-    )
 
 
 def _output_schema(folder: ScoreFolder, *, keep_scores: bool) -> pa.Schema:

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .data.score_folder import ScoreFolder, score_array, table_fingerprint
 from .errors import ChesError, ModelError
-from .filtering import ScoreFolder, score_array, table_fingerprint
 from .selection import DEFAULT_BY, LOWER_IS_RISKIER, SCORE_BY, Selection, rankable_mask, risk_order
 
 Log = Callable[[str], None]

@@ -43,9 +43,9 @@ def report_command(
     """Summarise a `ches score` output and show the riskiest pairs (terminal, HTML, Markdown, JSON)."""
     import json
 
+    from ches_filter.data.score_folder import ScoreFolder, is_score_output, select_from_table
     from ches_filter.data.shards import MANIFEST_NAME, atomic_write_bytes
     from ches_filter.errors import OutputError
-    from ches_filter.filtering import ScoreFolder, is_score_output, select_from_table
     from ches_filter.report import build_report, render, render_terminal
     from ches_filter.selection import Rule
 

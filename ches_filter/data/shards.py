@@ -309,12 +309,3 @@ class ShardWriter:
                         hint="make the column's type consistent across rows",
                     )
         return DatasetError(f"rows do not fit the dataset's schema: {exc}")
-
-
-def read_scores(output_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read the shards of a ``ches score`` output (optionally only some columns)."""
-    data_dir = Path(output_dir) / DATA_DIR
-    paths = sorted(data_dir.glob("*-of-*.parquet"))
-    if not paths:
-        raise OutputError(f"no score shards under {data_dir}", hint="run `ches score` first")
-    return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
