@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ches_filter import score_registry
 from ches_filter.data.layouts import Layout, LayoutOptions, detect_layout
 from ches_filter.data.shards import (
     MANIFEST_NAME,
@@ -62,7 +63,7 @@ SPEC_VERSION = "1"
 DEFAULT_WINDOW = 256  # pairs read, tokenised and scored together (bounds memory)
 WINDOWS_AHEAD = 2  # windows tokenised by worker processes before the model reaches them
 DEFAULT_ROWS_PER_SHARD = 10_000
-SUMMARY_SCORES = ("ches", "ln_ches", "last_hidden_inner", "edit_distance")
+SUMMARY_SCORES = score_registry.SUMMARISED
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0)
 TOP_PAIRS = 5
 EXCERPT_CHARS = 80
@@ -112,15 +113,14 @@ class _Totals:
             value = getattr(scores, name)
             if value is not None:
                 self.values[name].append(value)
-        if scores.ln_ches is None or pair is None:
+        ranking = getattr(scores, score_registry.DEFAULT_BY)
+        if ranking is None or pair is None:
             return
-        key = (scores.ln_ches, -scores.row_id)
+        key = (ranking, -scores.row_id)
         if len(self.top) < TOP_PAIRS or key > self.top[0][:2]:
             entry = {
                 "row_id": scores.row_id,
-                "ln_ches": scores.ln_ches,
-                "ches": scores.ches,
-                "edit_distance": scores.edit_distance,
+                **{name: getattr(scores, name) for name in score_registry.TOP_TABLE},
                 "prompt": excerpt(pair.prompt[-1].content if pair.prompt else pair.prompt_text),
                 "chosen": excerpt(pair.chosen),
                 "rejected": excerpt(pair.rejected),

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import score_registry
 from .data.score_folder import ScoreFolder, score_array, table_fingerprint
 from .errors import ChesError, ModelError
 from .selection import DEFAULT_BY, LOWER_IS_RISKIER, SCORE_BY, Selection, rankable_mask, risk_order
@@ -44,12 +45,7 @@ UNSCORED_STATUSES = (
     "identical", "truncated_identical", "empty_response", "invalid_field", "ambiguous_prompt",
     "contradictory_label", "prompt_mismatch", "prompt_too_long", "empty_prompt",
 )
-SCORE_LABELS = {
-    "ln_ches": "ln_ches (length-normalised CHES)",
-    "ches": "ches (raw CHES)",
-    "last_hidden_inner": "last_hidden_inner (final hidden states)",
-    "edit_distance": "edit_distance (normalised token Levenshtein)",
-}
+SCORE_LABELS = {name: score_registry.label(name) for name in SCORE_BY}
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,8 +349,7 @@ def build_report(
         notes.append(layout_note)
 
     columns = {name: table.column(name).to_pylist() for name in (
-        "pair_id", "status", "ches", "ln_ches", "last_hidden_inner", "edit_distance",
-        "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated")}
+        "pair_id", "status", *SCORE_BY, "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated")}
     stored_ches = {int(row_id[i]): _num(columns["ches"][i]) for i in top_idx}
 
     highlight_info: dict[str, Any] = {"status": "off", "message": None, "score": None}
@@ -581,8 +576,8 @@ def render_terminal(data: dict[str, Any], console: Any) -> None:
     top.add_column("#", justify="right", no_wrap=True)
     top.add_column("row_id", justify="right", no_wrap=True)
     top.add_column(by, justify="right", no_wrap=True)
-    for other in SCORE_BY:
-        if other != by and other != "last_hidden_inner":
+    for other in score_registry.TOP_TABLE:
+        if other != by:
             top.add_column(other, justify="right", no_wrap=True)
     top.add_column("n+/n-", justify="right", no_wrap=True)
     if any(p["removed"] is not None for p in data["top"]):
@@ -592,7 +587,7 @@ def render_terminal(data: dict[str, Any], console: Any) -> None:
     for p in data["top"]:
         s = p["scores"]
         cells = [Text(str(p["rank"])), Text(str(p["row_id"])), Text(fmt(s[by]))]
-        cells += [Text(fmt(s[o])) for o in SCORE_BY if o != by and o != "last_hidden_inner"]
+        cells += [Text(fmt(s[o])) for o in score_registry.TOP_TABLE if o != by]
         cells.append(Text(f"{p['tokens']['chosen']}/{p['tokens']['rejected']}"))
         if p["removed"] is not None:
             cells.append(Text("yes" if p["removed"] else "no"))
@@ -676,7 +671,7 @@ def render_markdown(data: dict[str, Any]) -> str:
 
     out += ["", f"### Top {len(data['top'])} pairs by {by}", ""]
     if data["top"]:
-        others = [o for o in SCORE_BY if o != by and o != "last_hidden_inner"]
+        others = [o for o in score_registry.TOP_TABLE if o != by]
         removed_col = any(p["removed"] is not None for p in data["top"])
         head = ["#", "row_id", by, *others, "n+/n−"] + (["removed"] if removed_col else []) + ["rejected (start)"]
         out.append("| " + " | ".join(md_inline(h) for h in head) + " |")

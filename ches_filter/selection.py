@@ -1,8 +1,8 @@
 """Selection rules over score columns: which pairs a filter removes. Pure numpy, no I/O.
 
 One total order ranks every *rankable* pair (status ``ok`` and a finite score) from riskiest
-to least risky: by the score, descending (for ``edit_distance`` ascending: a smaller distance
-means more similar responses, hence riskier), ties broken by ``row_id`` ascending. Every rule is
+to least risky: by the score, descending (ascending for a score whose registry entry says
+lower is riskier, such as ``edit_distance``: a smaller distance means more similar responses), ties broken by ``row_id`` ascending. Every rule is
 a cut of that order, so a rerun selects the same rows and ``--keep-lowest F`` is
 ``--top-k (n - kept)`` under the same order.
 
@@ -23,14 +23,15 @@ from typing import Literal
 
 import numpy as np
 
+from . import score_registry
 from .errors import OptionError
 
 RuleKind = Literal["top_k", "top_fraction", "threshold", "keep_lowest", "quantile_window"]
 RULE_KINDS: tuple[str, ...] = ("top_k", "top_fraction", "threshold", "keep_lowest", "quantile_window")
-SCORE_BY: tuple[str, ...] = ("ln_ches", "ches", "last_hidden_inner", "edit_distance")
-#: Scores for which a *lower* value means riskier (more similar responses).
-LOWER_IS_RISKIER = frozenset({"edit_distance"})
-DEFAULT_BY = "ln_ches"
+#: The scores a rule can rank by, and which way is riskier: from the score registry.
+SCORE_BY: tuple[str, ...] = score_registry.RANKABLE
+LOWER_IS_RISKIER = score_registry.LOWER_IS_RISKIER
+DEFAULT_BY = score_registry.DEFAULT_BY
 
 _FRACTION_EPS = 1e-9
 

@@ -11,17 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from ches_filter import score_registry
 from ches_filter.errors import OptionError
 
 if TYPE_CHECKING:
     from ches_filter.selection import Rule
 
 
-class ScoreBy(str, enum.Enum):
-    ln_ches = "ln_ches"
-    ches = "ches"
-    last_hidden_inner = "last_hidden_inner"
-    edit_distance = "edit_distance"
+#: The ``--by`` choices of filter and report: the registry's rankable scores, the default first.
+ScoreBy = enum.Enum("ScoreBy", {name: name for name in score_registry.RANKABLE}, type=str)  # type: ignore[misc]
+DEFAULT_BY = ScoreBy(score_registry.DEFAULT_BY)
 
 
 SCORING = "Scoring a dataset first (only when the input is not a `ches score` output)"
@@ -105,7 +104,7 @@ def filter_command(
     by: Annotated[
         ScoreBy,
         typer.Option("--by", help="The score to rank by; riskiest = highest (edit_distance: lowest)."),
-    ] = ScoreBy.ln_ches,
+    ] = DEFAULT_BY,
     keep_unscored: Annotated[
         bool,
         typer.Option("--keep-unscored/--drop-unscored",

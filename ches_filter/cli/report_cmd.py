@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .filter_cmd import ScoreBy
+from .filter_cmd import DEFAULT_BY, ScoreBy
 
 
 def report_command(
@@ -18,7 +18,7 @@ def report_command(
                        help="A `ches score` output folder (or a `ches filter` output)."),
     ],
     top: Annotated[int, typer.Option("--top", min=0, help="How many of the riskiest pairs to show.")] = 20,
-    by: Annotated[ScoreBy, typer.Option("--by", help="The score to rank by.")] = ScoreBy.ln_ches,
+    by: Annotated[ScoreBy, typer.Option("--by", help="The score to rank by.")] = DEFAULT_BY,
     html: Annotated[
         Path | None, typer.Option("--html", help="Write a self-contained HTML report.", show_default=False)
     ] = None,

@@ -21,27 +21,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ches_filter import score_registry
 from ches_filter.errors import DatasetError, OutputError
 
-#: Score columns appended to every original column, in this order (see docs/scores.md).
+#: Score columns appended to every original column, in this order: the score registry's
+#: declarations (:mod:`ches_filter.score_registry`; docs/scores.md lists them).
 SCORE_SCHEMA = pa.schema(
-    [
-        pa.field("row_id", pa.int64(), nullable=False),
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),
-        pa.field("ches", pa.float64()),
-        pa.field("ln_ches", pa.float64()),
-        pa.field("last_hidden_inner", pa.float64()),
-        pa.field("edit_distance", pa.float64()),
-        pa.field("dot_chosen_rejected", pa.float64()),
-        pa.field("sq_norm_chosen", pa.float64()),
-        pa.field("sq_norm_rejected", pa.float64()),
-        pa.field("prompt_tokens", pa.int32()),
-        pa.field("chosen_tokens", pa.int32()),
-        pa.field("rejected_tokens", pa.int32()),
-        pa.field("truncated", pa.bool_()),
-    ]
+    [pa.field(c.name, pa.type_for_alias(c.dtype), nullable=c.nullable) for c in score_registry.COLUMNS]
 )
 SCORE_COLUMNS: tuple[str, ...] = tuple(SCORE_SCHEMA.names)
 DATA_DIR = "data"
