@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .data.manifest import FilterManifest, environment, write_manifest
 
 # Re-exported (``X as X``): these lived here before data/score_folder.py.
 from .data.score_folder import ScoreFolder as ScoreFolder
@@ -31,7 +32,6 @@ from .data.score_folder import score_array as score_array
 from .data.score_folder import select_from_table as select_from_table
 from .data.score_folder import table_fingerprint as table_fingerprint
 from .data.shards import (
-    MANIFEST_NAME,
     SCORE_COLUMNS,
     ShardWriter,
     atomic_write_bytes,
@@ -43,16 +43,6 @@ from .selection import Rule, Selection
 Log = Callable[[str], None]
 
 REPORT_FILES = {"html": "report.html", "markdown": "report.md", "json": "report.json"}
-
-
-def _tool() -> dict[str, str]:
-    try:
-        from importlib.metadata import version
-
-        ver = version("ches-filter")
-    except Exception:  # running from a source tree that isn't installed
-        ver = "0+unknown"
-    return {"name": "ches-filter", "version": ver}
 
 
 def _output_schema(folder: ScoreFolder, *, keep_scores: bool) -> pa.Schema:
@@ -188,29 +178,28 @@ def filter_scores(
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     removed_status = status[~selection.keep]
     removed_by_status = {str(s): int((removed_status == s).sum()) for s in sorted(set(removed_status))}
-    manifest: dict[str, Any] = {
-        "tool": _tool(),
-        "kind": "filter",
-        "command": command,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rule": rule.to_dict(),
-        "by": rule.by,
-        "cutoff": selection.cutoff,
-        "kept_score_range": list(selection.kept_range) if selection.kept_range else None,
-        "keep_unscored": keep_unscored,
-        "keep_scores": keep_scores,
-        "counts": {**counts, "removed_by_status": removed_by_status},
-        "input": folder.manifest.get("input", {}) | {"columns": list(folder.original_columns)},
-        "scores": {
+    manifest = FilterManifest(
+        command=command,
+        environment=environment(),
+        rule=rule.to_dict(),
+        by=rule.by,
+        cutoff=selection.cutoff,
+        kept_score_range=list(selection.kept_range) if selection.kept_range else None,
+        keep_unscored=keep_unscored,
+        keep_scores=keep_scores,
+        counts={**counts, "removed_by_status": removed_by_status},
+        input=(folder.manifest.get("input") or {}) | {"columns": list(folder.original_columns)},
+        scores={
             "path": str(folder.path.resolve()),
             "fingerprint": table_fingerprint(table),
             "spec_version": folder.manifest.get("spec_version"),
             "convention": folder.manifest.get("convention"),
             "model": folder.manifest.get("model"),
             "created_at": folder.manifest.get("created_at"),
+            "schema_version": folder.manifest.get("schema_version", 0),
         },
-        "shards": [str(p.relative_to(output)) for p in kept_paths],
-        "removed": (
+        shards=[str(p.relative_to(output)) for p in kept_paths],
+        removed=(
             {
                 "path": str(removed_path.resolve()),
                 "shards": [str(p.relative_to(removed_path)) for p in removed_paths],
@@ -218,29 +207,30 @@ def filter_scores(
             if removed_path is not None
             else None
         ),
-    }
+    )
     result = FilterResult(
-        output=output, removed_output=removed_path, selection=selection, manifest=manifest
+        output=output, removed_output=removed_path, selection=selection, manifest={}
     )
     if report:
         from . import report as report_mod
 
         data = report_mod.build_report(
-            folder, top=report_top, by=rule.by, table=table, filter_info=manifest,
+            folder, top=report_top, by=rule.by, table=table, filter_info=manifest.to_dict(),
             selection=selection,
         )
         for fmt, name in REPORT_FILES.items():
             target = output / name
             atomic_write_bytes(target, report_mod.render(data, fmt).encode("utf-8"))
             result.report_paths[fmt] = target
-        manifest["report"] = {fmt: p.name for fmt, p in result.report_paths.items()}
-    if removed_path is not None:
-        removed_manifest = dict(manifest, kind="filter-removed", shards=manifest["removed"]["shards"])
-        atomic_write_bytes(
-            removed_path / MANIFEST_NAME, (json.dumps(removed_manifest, indent=2) + "\n").encode()
+        manifest.report = {fmt: p.name for fmt, p in result.report_paths.items()}
+    if removed_path is not None and manifest.removed is not None:
+        write_manifest(
+            removed_path,
+            replace(manifest, kind="filter-removed", shards=list(manifest.removed["shards"])),
         )
     # The manifest goes last: its presence marks the output complete.
-    atomic_write_bytes(output / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_manifest(output, manifest)
+    result.manifest = manifest.to_dict()
     emit(f"wrote {counts['kept']:,} rows to {output}")
     return result
 

@@ -27,7 +27,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,16 @@ import numpy as np
 
 from ches_filter import score_registry
 from ches_filter.data.layouts import Layout, LayoutOptions, detect_layout
+from ches_filter.data.manifest import ScoreManifest, environment, write_manifest
 from ches_filter.data.shards import (
-    MANIFEST_NAME,
     SCORE_COLUMNS,
     ShardWriter,
-    atomic_write_bytes,
     output_schema,
     prepare_output_dir,
 )
 from ches_filter.data.sources import RowSource, SourceSpec, open_source
 from ches_filter.errors import DatasetError, OptionError
+from ches_filter.model.fingerprint import weights_fingerprint
 from ches_filter.model.host_memory import retain_freed_memory
 from ches_filter.model.load import LoadedModel, ModelSpec, load_model, pick_device, resolve_model
 from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, ENGINES, HiddenStateRunner
@@ -298,13 +297,8 @@ def _model_info(loaded: LoadedModel, pair_tokenizer: PairTokenizer) -> dict[str,
         "tokenization": pair_tokenizer.description,
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
         "chat_template_fingerprint": chat_template_fingerprint(loaded.tokenizer),
+        "weights_fingerprint": weights_fingerprint(loaded.resolved, revision=loaded.spec.revision),
     }
-
-
-def _tool() -> dict[str, str]:
-    from ches_filter import __version__
-
-    return {"name": "ches-filter", "version": __version__}
 
 
 def _windows(
@@ -474,15 +468,13 @@ def score_dataset(
         "pairs_per_s": round(totals.rows / scoring_s, 3) if scoring_s > 0 else None,
         "tokens_per_s": round(stats.real_tokens / scoring_s, 1) if scoring_s > 0 else None,
     }
-    manifest = {
-        "kind": "scores",
-        "spec_version": SPEC_VERSION,
-        "convention": options.convention,
-        "tool": _tool(),
-        "command": list(command) if command is not None else list(sys.argv),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": _model_info(loaded, scorer.tokenizer),
-        "input": {
+    manifest = ScoreManifest(
+        spec_version=SPEC_VERSION,
+        convention=options.convention,
+        command=list(command) if command is not None else list(sys.argv),
+        environment=environment(loaded.device),
+        model=_model_info(loaded, scorer.tokenizer),
+        input={
             "dataset": str(dataset),
             "description": source.description,
             "split": source.split,
@@ -496,7 +488,7 @@ def score_dataset(
             "layout_description": layout.description,
             "columns": source.columns(),
         },
-        "options": {
+        options={
             "layout": options.layout,
             "prompt_field": options.prompt_field,
             "chosen_field": options.chosen_field,
@@ -508,14 +500,14 @@ def score_dataset(
             "max_batch_tokens": options.max_batch_tokens,
             "engine": options.engine,
         },
-        "counts": {
+        counts={
             "read": totals.rows,
             "scored": summary["scored"],
             "unscored": summary["unscored"],
             "truncated": summary["truncated"],
             "by_status": summary["by_status"],
         },
-        "engine": {
+        engine={
             "mode": scorer.runner.mode,
             "description": scorer.runner.describe(),
             "forward_calls": stats.forward_calls,
@@ -528,13 +520,13 @@ def score_dataset(
             "oom_retries": stats.oom_retries,
             "tokenizer_workers": workers,
         },
-        "timing": timing,
-        "shards": [str(path.relative_to(output)) for path in shards],
-        "schema": {name: str(schema.field(name).type) for name in schema.names},
-    }
-    atomic_write_bytes(output / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
-    summary = {**summary, "output": str(output), "timing": timing, "model": manifest["model"]["id"]}
-    return ScoreResult(output=output, shards=shards, manifest=manifest, summary=summary)
+        timing=timing,
+        shards=[str(path.relative_to(output)) for path in shards],
+        schema={name: str(schema.field(name).type) for name in schema.names},
+    )
+    write_manifest(output, manifest)
+    summary = {**summary, "output": str(output), "timing": timing, "model": manifest.model["id"]}
+    return ScoreResult(output=output, shards=shards, manifest=manifest.to_dict(), summary=summary)
 
 
 def score_pairs(

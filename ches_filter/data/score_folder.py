@@ -9,7 +9,6 @@ selection rules beyond applying one to a score table.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ches_filter.data.manifest import read_manifest
 from ches_filter.data.shards import DATA_DIR, MANIFEST_NAME, SCORE_COLUMNS
 from ches_filter.errors import DatasetError, OutputError
 from ches_filter.selection import Rule, Selection, select
@@ -77,16 +77,12 @@ class ScoreFolder:
             raise DatasetError(
                 f"no score shards under {path / DATA_DIR}", hint="run `ches score` first"
             )
-        manifest_path = path / MANIFEST_NAME
-        if not manifest_path.is_file():
+        if not (path / MANIFEST_NAME).is_file():
             raise DatasetError(
                 f"{path} has shards but no {MANIFEST_NAME}: an interrupted or foreign output",
                 hint="rerun `ches score` into a fresh --output",
             )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {manifest_path}: {exc}") from exc
+        manifest = read_manifest(path).to_dict()
         schema = pq.read_schema(shards[0])
         missing = [c for c in SCORE_COLUMNS if c not in schema.names]
         if missing:
