@@ -50,16 +50,28 @@ def shard_name(split: str, index: int, total: int) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.parquet"
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool) -> None:
-    """Check (before any model is loaded) that ``path`` can take a fresh set of shards."""
+def check_output_dir(path: Path, *, overwrite: bool) -> None:
+    """Raise an OutputError if ``path`` could not take a fresh set of shards; change nothing."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output {path} exists and is not a folder")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputError(
+            f"output folder {path} is not empty",
+            hint="choose another --output, or pass --overwrite to replace its shards",
+        )
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output folder {path}: {existing} is not writable")
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool) -> None:
+    """Make ``path`` ready for a fresh set of shards (see :func:`check_output_dir`): with
+    ``overwrite``, the old manifest and shards are removed first."""
+    check_output_dir(path, overwrite=overwrite)
     if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputError(
-                f"output folder {path} is not empty",
-                hint="choose another --output, or pass --overwrite to replace its shards",
-            )
         # Remove what made the old output look complete before anything new is written.
         (path / MANIFEST_NAME).unlink(missing_ok=True)
         for old in (path / DATA_DIR).glob("*.parquet"):
