@@ -34,10 +34,11 @@ from .data.score_folder import table_fingerprint as table_fingerprint
 from .data.shards import (
     SCORE_COLUMNS,
     ShardWriter,
-    atomic_write_bytes,
+    check_output_dir,
     prepare_output_dir,
 )
 from .errors import DatasetError, OptionError, OutputError
+from .report import build_report, write_report
 from .selection import Rule, Selection
 
 Log = Callable[[str], None]
@@ -212,16 +213,12 @@ def filter_scores(
         output=output, removed_output=removed_path, selection=selection, manifest={}
     )
     if report:
-        from . import report as report_mod
-
-        data = report_mod.build_report(
+        data = build_report(
             folder, top=report_top, by=rule.by, table=table, filter_info=manifest.to_dict(),
             selection=selection,
         )
         for fmt, name in REPORT_FILES.items():
-            target = output / name
-            atomic_write_bytes(target, report_mod.render(data, fmt).encode("utf-8"))
-            result.report_paths[fmt] = target
+            result.report_paths[fmt] = write_report(data, output / name, fmt)
         manifest.report = {fmt: p.name for fmt, p in result.report_paths.items()}
     if removed_path is not None and manifest.removed is not None:
         write_manifest(
@@ -235,12 +232,18 @@ def filter_scores(
     return result
 
 
+def default_scores_output(output: Path | str) -> Path:
+    """Where ``ches filter DATASET -o OUT`` keeps the scores it makes: ``OUT.scores`` beside OUT."""
+    output = Path(output)
+    return output.with_name(output.name + ".scores")
+
+
 def filter_dataset(
     dataset: str | Path,
     *,
     output: Path | str,
     rule: Rule,
-    scores_output: Path | str,
+    scores_output: Path | str | None = None,
     scoring: dict[str, Any] | None = None,
     overwrite_scores: bool = False,
     log: Log | None = None,
@@ -248,18 +251,77 @@ def filter_dataset(
 ) -> FilterResult:
     """Score ``dataset`` into ``scores_output`` (``ches score``), then filter those scores.
 
-    ``scoring`` holds the ``ches score`` model options (model, dtype, device, max_length,
-    batch_size; None = the default). Every output folder is checked before the model loads.
+    ``scoring`` holds the ``ches score`` options (model, dtype, device, max_length,
+    max_batch_tokens, …; None = the default); ``scores_output`` defaults to
+    :func:`default_scores_output`. Every output folder is checked, and nothing is written,
+    before the model loads. When ``scores_output`` already holds a finished scoring of the same
+    input with the same model and options, it is reused, not rescored; when it holds other
+    scores, ``overwrite_scores`` replaces them (otherwise an OutputError says so).
     """
-    from .pipeline import score_dataset
+    from .pipeline import existing_result, plan_scoring, run_scoring
 
-    output, scores_output = Path(output), Path(scores_output)
-    _check_paths(scores_output, output, filter_options.get("removed"))
+    emit = log or (lambda _msg: None)
+    output = Path(output)
+    scores_output = Path(scores_output) if scores_output is not None else default_scores_output(output)
+    removed = filter_options.pop("removed", None)
+    removed_path = Path(removed) if removed is not None else None
     overwrite = bool(filter_options.get("overwrite", False))
-    prepare_output_dir(output, overwrite=overwrite)
-    removed = filter_options.get("removed")
-    if removed is not None:
-        prepare_output_dir(Path(removed), overwrite=overwrite)
-    score_dataset(dataset, output=scores_output, log=log, overwrite=overwrite_scores,
-                  **{k: v for k, v in (scoring or {}).items() if v is not None})
-    return filter_scores(scores_output, output=output, rule=rule, log=log, **filter_options)
+    _check_paths(scores_output, output, removed_path)
+    check_output_dir(output, overwrite=overwrite)
+    if removed_path is not None:
+        check_output_dir(removed_path, overwrite=overwrite)
+    existing = is_score_output(scores_output)
+    plan = plan_scoring(
+        dataset, output=scores_output, overwrite=overwrite_scores or existing,
+        **{k: v for k, v in (scoring or {}).items() if v is not None},
+    )
+    if existing and plan.output_holds_these_scores():
+        emit(f"reusing the scores in {scores_output} (same input, model and options)")
+        existing_result(plan)
+    elif existing and not overwrite_scores:
+        raise OutputError(
+            f"{scores_output} holds scores of another input, model or options",
+            hint="pass --overwrite to rescore into it, or choose another --scores-output",
+        )
+    else:
+        run_scoring(plan, log=log)
+    return filter_scores(
+        scores_output, output=output, rule=rule, removed=removed_path, log=log, **filter_options
+    )
+
+
+def filter_input(
+    source: Path | str,
+    *,
+    output: Path | str,
+    rule: Rule,
+    scores_output: Path | str | None = None,
+    scoring: dict[str, Any] | None = None,
+    log: Log | None = None,
+    **filter_options: Any,
+) -> FilterResult:
+    """``ches filter``: filter a ``ches score`` output (no model is loaded), or score a dataset
+    first (:func:`filter_dataset`) when ``source`` holds no scores.
+
+    Scoring options (``scoring`` values, ``scores_output``) with a scores folder are an
+    OptionError: filtering never rescores.
+    """
+    emit = log or (lambda _msg: None)
+    scoring = {k: v for k, v in (scoring or {}).items() if v is not None}
+    if has_score_shards(source):
+        given = [f"--{k.replace('_', '-')}" for k in scoring]
+        if scores_output is not None:
+            given.append("--scores-output")
+        if given:
+            raise OptionError(
+                f"{', '.join(given)} only apply when scoring a dataset; {source} already holds "
+                "scores, and filtering never rescores",
+                hint="drop those options (changing the rule costs seconds), or run `ches score`",
+            )
+        return filter_scores(source, output=output, rule=rule, log=log, **filter_options)
+    target = Path(scores_output) if scores_output is not None else default_scores_output(output)
+    emit(f"{source} has no scores: scoring it first into {target}")
+    return filter_dataset(
+        source, output=output, rule=rule, scores_output=target, scoring=scoring,
+        overwrite_scores=bool(filter_options.get("overwrite", False)), log=log, **filter_options,
+    )

@@ -17,8 +17,9 @@ import html
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,9 +28,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import score_registry
-from .data.score_folder import ScoreFolder, score_array, table_fingerprint
-from .errors import ChesError, ModelError
-from .selection import DEFAULT_BY, LOWER_IS_RISKIER, SCORE_BY, Selection, rankable_mask, risk_order
+from .data.manifest import FilterManifest, read_manifest
+from .data.score_folder import (
+    ScoreFolder,
+    is_score_output,
+    score_array,
+    select_from_table,
+    table_fingerprint,
+)
+from .data.shards import MANIFEST_NAME, atomic_write_bytes
+from .errors import ChesError, DatasetError, ModelError, OutputError
+from .selection import (
+    DEFAULT_BY,
+    LOWER_IS_RISKIER,
+    SCORE_BY,
+    Rule,
+    Selection,
+    rankable_mask,
+    risk_order,
+)
 
 Log = Callable[[str], None]
 Highlight = Literal["off", "auto", "on"]
@@ -442,6 +459,57 @@ def build_report(
         "notes": notes,
         "top": top_pairs,
     }
+
+
+def report_for(
+    path: Path | str,
+    *,
+    top: int = 20,
+    by: str = DEFAULT_BY,
+    highlight: Highlight = "off",
+    device: str | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """The report of a ``ches score`` output, or of a ``ches filter`` output: then the report is
+    on the scores it was filtered from (its manifest says where), with what the filter removed
+    (its rule applied again to those scores)."""
+    path = Path(path)
+    source, filter_info, rule = path, None, None
+    if (path / MANIFEST_NAME).is_file() and not is_score_output(path):
+        manifest = read_manifest(path)
+        if isinstance(manifest, FilterManifest) and manifest.kind == "filter":
+            scores_path = manifest.scores.get("path")
+            if not scores_path:
+                raise DatasetError(f"{path / MANIFEST_NAME} does not say where its scores are")
+            filter_info = manifest.to_dict()
+            source = Path(scores_path)
+            rule = Rule.from_dict(manifest.rule)
+    folder = ScoreFolder.open(source)
+    table = folder.read_score_table()
+    selection = None
+    if filter_info is not None and rule is not None:
+        selection = select_from_table(
+            table, rule, keep_unscored=bool(filter_info.get("keep_unscored", True))
+        )
+    return build_report(
+        folder, top=top, by=by, table=table, filter_info=filter_info, selection=selection,
+        highlight=highlight, device=device, log=log,
+    )
+
+
+def check_report_targets(targets: Iterable[Path | None]) -> None:
+    """Raise an OutputError for a report file that could not be written (before any work)."""
+    for target in targets:
+        if target is not None and not Path(target).parent.is_dir():
+            raise OutputError(f"cannot write {target}: no folder {Path(target).parent}")
+
+
+def write_report(data: dict[str, Any], target: Path | str, fmt_name: str) -> Path:
+    """Render ``data`` as ``fmt_name`` (html, markdown, json) into ``target``, atomically."""
+    target = Path(target)
+    check_report_targets([target])
+    atomic_write_bytes(target, render(data, fmt_name).encode("utf-8"))
+    return target
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,44 +41,17 @@ def report_command(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     """Summarise a `ches score` output and show the riskiest pairs (terminal, HTML, Markdown, JSON)."""
-    import json
-
-    from ches_filter.data.score_folder import ScoreFolder, is_score_output, select_from_table
-    from ches_filter.data.shards import MANIFEST_NAME, atomic_write_bytes
-    from ches_filter.errors import OutputError
-    from ches_filter.report import build_report, render, render_terminal
-    from ches_filter.selection import Rule
+    from ches_filter.report import check_report_targets, render_terminal, report_for, write_report
 
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-    for target in (html, markdown, json_out):
-        if target is not None and not target.parent.is_dir():
-            raise OutputError(f"cannot write {target}: no folder {target.parent}")
-
-    filter_info = None
-    selection = None
-    source = scores
-    manifest_path = scores / MANIFEST_NAME
-    if manifest_path.is_file() and not is_score_output(scores):
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("kind") == "filter":  # a filter output: report on its scores + the decision
-            filter_info = manifest
-            source = Path(manifest["scores"]["path"])
-    folder = ScoreFolder.open(source)
-    table = folder.read_score_table()
-    if filter_info is not None:
-        rule = filter_info["rule"]
-        selection = select_from_table(
-            table, Rule(kind=rule["kind"], value=rule["value"], n=rule["n"], by=rule["by"]),
-            keep_unscored=bool(filter_info.get("keep_unscored", True)),
-        )
-    mode = "auto" if highlight is None else ("on" if highlight else "off")
-    data = build_report(
-        folder, top=top, by=by.value, table=table, filter_info=filter_info, selection=selection,
-        highlight=mode, device=device, log=lambda msg: stderr.print(msg, markup=False),
+    check_report_targets([html, markdown, json_out])
+    data = report_for(
+        scores, top=top, by=by.value, device=device, log=lambda msg: stderr.print(msg, markup=False),
+        highlight="auto" if highlight is None else ("on" if highlight else "off"),
     )
     for target, fmt in ((html, "html"), (markdown, "markdown"), (json_out, "json")):
         if target is not None:
-            atomic_write_bytes(target, render(data, fmt).encode("utf-8"))
+            write_report(data, target, fmt)
             stderr.print(f"wrote {target}", markup=False)
     if not quiet:
         render_terminal(data, Console(highlight=False))
