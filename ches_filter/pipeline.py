@@ -349,8 +349,7 @@ class ScorePlan:
             manifest = read_manifest(self.output)
         except ChesError:
             return False
-        recorded = manifest.extra.get("plan_fingerprint") if isinstance(manifest, ScoreManifest) else None
-        return recorded == self.fingerprint()
+        return isinstance(manifest, ScoreManifest) and manifest.plan_fingerprint == self.fingerprint()
 
 
 def plan_scoring(
@@ -626,7 +625,7 @@ def run_scoring(
         timing=timing,
         shards=[str(path.relative_to(plan.output)) for path in shards],
         schema={name: str(plan.schema.field(name).type) for name in plan.schema.names},
-        extra={"plan_fingerprint": plan.fingerprint()},
+        plan_fingerprint=plan.fingerprint(),
     )
     write_manifest(plan.output, manifest)
     summary = {**summary, "output": str(plan.output), "timing": timing, "model": manifest.model["id"]}

@@ -133,6 +133,8 @@ class ScoreManifest(_Manifest):
     timing: dict[str, Any] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
     schema: dict[str, str] = field(default_factory=dict)
+    #: SHA-256 over what decided the scores (``ches_filter.pipeline.ScorePlan.fingerprint``)
+    plan_fingerprint: str | None = None
 
 
 @dataclass
