@@ -97,12 +97,12 @@ def filter_command(
     scores_output: Annotated[
         Path | None,
         typer.Option("--scores-output", rich_help_panel=SCORING, show_default=False,
-                     help="Where the scores go [default: OUTPUT.scores]; filter it again for free."),
+                     help="Where the scores go \\[default: OUTPUT.scores]; filter it again for free."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", rich_help_panel=SCORING, show_default=False,
-                     help="Model to score with [default: the bundled SmolLM2-135M-Instruct]."),
+                     help="Model to score with \\[default: the bundled SmolLM2-135M-Instruct]."),
     ] = None,
     dtype: Annotated[
         str | None, typer.Option("--dtype", rich_help_panel=SCORING, help="auto, float32, bfloat16, float16.")

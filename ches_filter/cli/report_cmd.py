@@ -35,7 +35,7 @@ def report_command(
                           "default: on when --top <= 50, skipped with a note if the model can't load)."),
     ] = None,
     device: Annotated[
-        str | None, typer.Option("--device", help="Device for --highlight [default: auto].", show_default=False)
+        str | None, typer.Option("--device", help="Device for --highlight \\[default: auto].", show_default=False)
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Don't print the terminal report.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
