@@ -457,9 +457,6 @@ def read_windows(
         yield window
 
 
-_windows = read_windows  # the name before the run was split into steps
-
-
 def extract_window(layout: Layout, rows: list[tuple[int, dict[str, Any]]]) -> Window:
     """Step 1: each row as a :class:`PreferencePair`, or the :class:`RowProblem` it has."""
     return Window(rows=rows, items=[layout.extract(row_id, row) for row_id, row in rows])
