@@ -595,6 +595,7 @@ def run_scoring(
             "chosen_field": options.chosen_field,
             "rejected_field": options.rejected_field,
             "label_policy": options.label_policy,
+            "ranking_pair": options.ranking_pair,
             "use_chat_template": options.use_chat_template,
             "max_length": scorer.tokenizer.max_length,
             "convention": options.convention,

@@ -80,7 +80,7 @@ def score_command(
         str | None,
         typer.Option("--ranking-pair", rich_help_panel=LAYOUT, show_default=False,
                      help="Ranked lists (best first): score the first response against the second "
-                     "(first-second) or the last (first-last) [default: first-second]."),
+                     "(first-second) or the last (first-last) \\[default: first-second]."),
     ] = None,
     model: Annotated[
         str | None,

@@ -180,8 +180,9 @@ def test_row_problems_do_not_stop_the_run(tiny, tmp_path):
 def test_help_lists_every_layout():
     from ches_filter.data.layouts import LAYOUTS
 
-    text = " ".join(invoke("score", "--help").stdout.split())  # rich wraps the help text
-    assert "--ranking-pair" in text
+    help_text = invoke("score", "--help").stdout.replace("\u2502", " ")  # rich's box, wrapped
+    text = " ".join(help_text.split())
+    assert "--ranking-pair" in text and "[default: first-second]" in text  # not eaten as markup
     for name in LAYOUTS:
         assert name in text, name
 
@@ -209,6 +210,15 @@ def test_llamafactory_ranking_file_by_detection(tiny, tmp_path):
         assert [row["output"] for row in rows] == [row["output"] for row in source]
         expected = PreferencePair(0, (Turn("user", prompt),), "chat", rejected, prompt, "chat", rejected)
         assert rows[0]["pair_id"] == pair_id(expected, {})  # the pair the option picked
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["input"]["layout"] == "ranking"
+        assert manifest["options"]["ranking_pair"] == (args[1] if args else None)
+        # the report reads the rows back with the same layout and the same --ranking-pair
+        report = invoke("report", out, "--no-highlight", "--quiet", "--json", out / "r.json")
+        assert report.exit_code == 0, report.stderr
+        shown = {p["row_id"]: p for p in json.loads((out / "r.json").read_text())["top"]}
+        assert shown[0]["text"] == {"prompt": prompt, "chosen": "chat", "rejected": rejected,
+                                    "source": "layout"}  # fmt: skip
 
 
 def test_response_pair_file_by_the_documented_mapping(tiny, tmp_path):
