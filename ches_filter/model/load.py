@@ -57,7 +57,7 @@ class ResolvedModel:
 
 @dataclass
 class LoadedModel:
-    model: Any  # the base model (no lm_head): model(input_ids, attention_mask).last_hidden_state
+    model: Any  # the base text model (no lm_head): model(input_ids, attention_mask).last_hidden_state
     tokenizer: Any
     resolved: ResolvedModel
     spec: ModelSpec
@@ -267,6 +267,23 @@ def pick_dtype(requested: str, device: Any) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
 
 
+def text_model(model: Any) -> Any:
+    """The language model of a multimodal checkpoint, else ``model`` itself.
+
+    Gemma-3 4B and up (``Gemma3ForConditionalGeneration``, config ``Gemma3Config``) and other
+    vision-language checkpoints load through ``AutoModel`` as a wrapper around a vision tower and
+    a language model, with the text settings (hidden size, layer types, sliding window) in
+    ``config.text_config``. CHES reads text only: the language model alone gives the same last
+    hidden states for text (no image tokens, nothing for the wrapper to add), and its own config
+    is the text config that the runner and the attention masks read. The vision weights are
+    dropped (they were loaded on the CPU and never reach the device).
+    """
+    language = getattr(model, "language_model", None)
+    if getattr(model.config, "text_config", None) is None or language is None:
+        return model
+    return language
+
+
 def load_model(spec: ModelSpec, *, log: Log | None = None) -> LoadedModel:
     """Load the base model (no lm_head) and its tokenizer, in eval mode on the chosen device."""
     import transformers
@@ -299,6 +316,7 @@ def load_model(spec: ModelSpec, *, log: Log | None = None) -> LoadedModel:
         raise ModelError(f"could not load model {resolved.model_id!r}: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+    model = text_model(model)
     model.to(device)
     model.eval()
     return LoadedModel(
