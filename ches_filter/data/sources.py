@@ -864,17 +864,11 @@ def _looks_local(text: str) -> bool:
     return _format_of(Path(text)) is not None
 
 
-def _hub_offline() -> bool:
-    from ches_filter.hub_cache import hub_offline
-
-    return hub_offline()
-
-
 def _hub_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
     """A hub dataset id: offline, its files in the local Hugging Face cache; online, ``datasets``."""
-    if _hub_offline():
-        from ches_filter.hub_cache import NotCached, snapshot_folder
+    from ches_filter.hub_cache import NotCached, hub_offline, snapshot_folder
 
+    if hub_offline():
         try:
             snapshot = snapshot_folder(spec.dataset, repo_type="dataset", revision=spec.revision)
         except NotCached as missing:

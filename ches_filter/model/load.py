@@ -133,12 +133,6 @@ def _hub_snapshot(name: str, revision: str | None) -> Path:
     return snapshot
 
 
-def _offline() -> bool:
-    from ches_filter.hub_cache import hub_offline
-
-    return hub_offline()
-
-
 def resolve_model(spec: ModelSpec) -> ResolvedModel:
     """Find the weights without loading them; raise ModelError if they can't be had.
 
@@ -180,7 +174,9 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
             f"unknown model {name!r}: not a local folder, a .gguf file, a hub id (owner/name) "
             f"or a bundled model ({', '.join(BUNDLED)})"
         )
-    if _offline():
+    from ches_filter.hub_cache import hub_offline
+
+    if hub_offline():
         snapshot = _hub_snapshot(name, spec.revision)
         return ResolvedModel(model_id=name, kind="hub", local_path=snapshot)
     return ResolvedModel(model_id=name, kind="hub")
