@@ -101,7 +101,8 @@ def text_model(folder: Path, **overrides):
     config._attn_implementation = "eager"  # the plainest one: no fused kernel, no mask tricks
     prefix = "language_model.model."  # how save_pretrained (and the hub checkpoints) name them
     with safe_open(str(folder / "model.safetensors"), "pt") as handle:
-        state = {k.removeprefix(prefix): handle.get_tensor(k) for k in handle if k.startswith(prefix)}
+        names = [name for name in handle.keys() if name.startswith(prefix)]  # noqa: SIM118 - not iterable
+        state = {name.removeprefix(prefix): handle.get_tensor(name) for name in names}
     model = Gemma3TextModel(config).to(torch.float32)
     model.load_state_dict(state, strict=True)  # every weight of the text model, nothing else
     return model.eval()
