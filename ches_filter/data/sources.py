@@ -877,7 +877,7 @@ def _hub_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
                     str(missing),
                     hint="pass one of those with --revision, or download it with network access",
                 ) from None
-            return _hub_datasets_source(spec, missing, **kwargs)
+            return _hub_datasets_source(spec, missing.cache, **kwargs)
         return _cached_hub_source(spec, snapshot, **kwargs)
     return _hub_datasets_source(spec, None, **kwargs)
 
@@ -987,8 +987,9 @@ def _cached_hub_source(spec: SourceSpec, snapshot: Path, **kwargs: Any) -> RowSo
     return _LocalSource(spec, supported, fmt, snapshot, description=desc, split=split, **kwargs)
 
 
-def _hub_datasets_source(spec: SourceSpec, missing: Exception | None, **kwargs: Any) -> RowSource:
-    """A hub dataset through ``datasets`` (streaming online; offline, its own prepared cache)."""
+def _hub_datasets_source(spec: SourceSpec, hub_cache: Path | None, **kwargs: Any) -> RowSource:
+    """A hub dataset through ``datasets``: streaming online; offline (``hub_cache``: the hub cache
+    that lacks it), ``datasets`` looks in its own prepared cache."""
     import datasets
 
     name = spec.dataset
@@ -1001,9 +1002,10 @@ def _hub_datasets_source(spec: SourceSpec, missing: Exception | None, **kwargs: 
             streaming=True,
         )
     except Exception as exc:  # datasets raises many kinds; all mean "can't open this id"
-        if missing is not None:
+        if hub_cache is not None:
             raise DatasetError(
-                f"{name!r} is not a local path and could not be reached offline: {missing}",
+                f"{name!r} is not a local path and could not be reached offline: it is not in "
+                f"the local Hugging Face cache ({hub_cache})",
                 hint="check the path or the id; or download it once with network access "
                 f"(hf download --repo-type dataset {name}); or unset HF_HUB_OFFLINE",
             ) from None

@@ -208,7 +208,7 @@ def test_cached_dataset_fingerprint_follows_the_content(hub_cache):
     ("spec", "words"),
     [
         (SourceSpec("org/missing", split="train"),
-         ["'org/missing' is not in the local Hugging Face cache", "could not be reached offline"]),
+         ["'org/missing' is not a local path and could not be reached offline: it is not in the local Hugging Face cache"]),
         (SourceSpec("org/name", config="nope"),
          ["hub dataset org/name has no config 'nope'", "configs: other, pairs"]),
         (SourceSpec("org/name", config="pairs", split="validation"),
@@ -295,7 +295,7 @@ def no_model_load(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["org/missing", "--split", "train"], ["'org/missing' is not in the local Hugging Face cache"]),
+        (["org/missing", "--split", "train"], ["'org/missing'", "not in the local Hugging Face cache"]),
         (["org/name", "--config", "nope"], ["has no config 'nope'", "--config"]),
         (["org/name", "--split", "dev"], ["has no split 'dev'", "--split"]),
         (["org/name", "--revision", "v3"], ["revision 'v3' of 'org/name'", "--revision"]),
