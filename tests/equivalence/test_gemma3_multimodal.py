@@ -182,3 +182,22 @@ def test_load_model_keeps_the_text_config(multimodal_dir):
     assert loaded.hidden_size == 32 and loaded.max_positions == 2048
     assert layer_windows(loaded.model.config) == {"sliding_attention": WINDOW, "full_attention": None}
     assert not any("vision" in name for name, _ in loaded.model.named_parameters())
+
+
+def test_the_text_model_gives_the_wrappers_states_for_text(multimodal_dir):
+    """What makes scoring with the language model alone right: on text (no image tokens) the
+    whole multimodal model's last hidden states are the language model's."""
+    import torch
+    from transformers import AutoModel
+
+    from ches_filter.model.load import ModelSpec, load_model
+
+    wrapper = AutoModel.from_pretrained(str(multimodal_dir), dtype=torch.float32).eval()
+    assert type(wrapper).__name__ == "Gemma3Model"
+    loaded = load_model(ModelSpec(name=str(multimodal_dir), device="cpu", dtype="float32"))
+    ids = torch.tensor([tokenized(multimodal_dir)[0].chosen.ids])
+    with torch.inference_mode():
+        whole = wrapper(input_ids=ids).last_hidden_state
+        text = loaded.model(input_ids=ids).last_hidden_state
+    # The same weights through the same layers: equal up to float32 rounding of the kernels.
+    torch.testing.assert_close(text, whole, rtol=1e-5, atol=1e-5)
