@@ -42,7 +42,8 @@ def score_command(
     ] = None,
     revision: Annotated[
         str | None,
-        typer.Option("--revision", rich_help_panel=INPUT, help="Hub dataset revision (branch, tag, commit)."),
+        typer.Option("--revision", rich_help_panel=INPUT,
+                     help="Hub dataset revision (branch, tag or commit); the model's is --model-revision."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", rich_help_panel=INPUT, help="Score only the first N rows.")
@@ -89,7 +90,9 @@ def score_command(
                      "file or hub id \\[default: smollm2-135m-instruct]."),
     ] = None,
     model_revision: Annotated[
-        str | None, typer.Option("--model-revision", rich_help_panel=MODEL, help="Hub model revision.")
+        str | None,
+        typer.Option("--model-revision", rich_help_panel=MODEL,
+                     help="Hub model revision (branch, tag or commit); the dataset's is --revision."),
     ] = None,
     dtype: Annotated[
         str,
