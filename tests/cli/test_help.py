@@ -69,13 +69,9 @@ def test_each_command_help_renders_and_mentions_each_option(name):
             assert (param.metavar or param.name.upper()) in text, (name, param.name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: '[default: …]' in a help string is read as rich markup and dropped "
-    "(score --output and --model, filter --scores-output and --model, report --device); escape it as '\\['",
-)
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_each_option_help_text_renders_whole(name):
+    """Rich reads "[...]" in a help string as markup and drops it unless escaped ("\\[")."""
     text = flat(invoke_help(name, env={"COLUMNS": "400"}))  # one line per option
     shown = {p.opts[0]: flat((p.help or "").replace("\\[", "[")) for p in options(COMMANDS[name])}  # "\\[" shows "["
     lost = [flag for flag, help_text in shown.items() if help_text not in text]
