@@ -219,16 +219,8 @@ class PairScorer:
         for index, item in enumerate(encoded):
             if isinstance(item, RowProblem):
                 results[index] = PairScores(row_id=item.row_id, status=item.status, reason=item.reason)
-            elif item.truncation_collapsed:
-                results[index] = score_identical(
-                    item,
-                    status=Status.TRUNCATED_IDENTICAL,
-                    reason="the responses differ only past --max-length: identical as scored",
-                )
-            elif item.identical:
-                results[index] = score_identical(
-                    item, status=Status.IDENTICAL, reason="chosen and rejected are identical"
-                )
+            elif (degenerate := item.degeneracy()) is not None:  # equal summed states: no model
+                results[index] = score_identical(item, status=degenerate.status, reason=degenerate.reason)
             else:
                 to_run.append((index, item))
         sums = self.runner.run([pair for _, pair in to_run])

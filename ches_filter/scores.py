@@ -68,11 +68,14 @@ def score_pair(tokenized: TokenizedPair, sums: PairSums) -> PairScores:
 
 
 def score_identical(tokenized: TokenizedPair, *, status: Status, reason: str) -> PairScores:
-    """Scores of a degenerate pair whose two sequences are the same: no forward pass needed.
+    """Scores of a degenerate pair whose summed hidden states are the same: no forward pass.
 
-    CHES and ln-CHES are 0 exactly and the edit distance is 0; they are recorded so that nothing
-    downstream has to special-case them, and the status flags the pair as degenerate so it is
-    never ranked as if it were informative.
+    S+ == S- (see :func:`ches_filter.records.same_summed_states`), so CHES and ln-CHES are 0
+    exactly; they are recorded so that nothing downstream has to special-case them, and the
+    status flags the pair as degenerate so it is never ranked as if it were informative. The
+    edit distance and the token counts are computed as for any pair (the edit distance is not 0
+    when the responses differ past the summed positions); ``last_hidden_inner`` and the three
+    inner products need the model's hidden states and stay null.
     """
     return PairScores(
         row_id=tokenized.row_id,
@@ -81,7 +84,7 @@ def score_identical(tokenized: TokenizedPair, *, status: Status, reason: str) ->
         ches=0.0,
         ln_ches=0.0,
         last_hidden_inner=None,
-        edit_distance=0.0,
+        edit_distance=edit_distance(tokenized.chosen_response, tokenized.rejected_response),
         prompt_tokens=tokenized.prompt_len,
         chosen_tokens=tokenized.chosen.n_summed,
         rejected_tokens=tokenized.rejected.n_summed,

@@ -18,7 +18,13 @@ Hidden states summed: positions ``P-1 … P+n-2`` (``SequenceSpan(start=P-1, end
 
 Truncation (``max_length``): the prompt is never cut (CHES is conditioned on it); each response
 is cut at the right so that ``P + n <= max_length``. A prompt with ``P >= max_length`` leaves no
-room and gets ``prompt_too_long``; responses equal after the cut get ``truncated_identical``.
+room and gets ``prompt_too_long``.
+
+Degenerate pairs: when both sequences sum the same hidden states (equal spans over equal ids up
+to the span's end, :func:`~ches_filter.records.same_summed_states`) the pair is ``identical``;
+when only the cut made them so (e.g. two responses cut to one length that differ in their last
+kept token, which no summed position reads), the tokenizer records ``truncated_identical`` on
+the TokenizedPair (``degenerate``) with its reason.
 
 ``convention="official"`` reproduces the authors' per-example script instead: strings
 ``query + response`` without EOS, query and full text tokenised separately and each truncated
@@ -33,7 +39,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ModelError, OptionError
-from .records import PreferencePair, RowProblem, SequenceSpan, Status, TokenizedPair
+from .records import (
+    Degenerate,
+    PreferencePair,
+    RowProblem,
+    SequenceSpan,
+    Status,
+    TokenizedPair,
+    identical_reason,
+    same_summed_states,
+)
 
 Convention = Literal["default", "official"]
 OFFICIAL_MAX_LENGTH = 512
@@ -170,7 +185,13 @@ class PairTokenizer:
         self, row: int, prompt_ids: list[int], chosen: list[int], rejected: list[int]
     ) -> TokenizedPair | RowProblem:
         n_prompt = len(prompt_ids)
-        truncated = collapsed = False
+
+        def span(response: list[int]) -> SequenceSpan:
+            ids = tuple(prompt_ids + response)
+            return SequenceSpan(ids=ids, start=n_prompt - 1, end=n_prompt - 1 + len(response))
+
+        whole = (span(chosen), span(rejected))
+        truncated = False
         if self.max_length is not None:
             if n_prompt >= self.max_length:
                 return RowProblem(
@@ -180,23 +201,15 @@ class PairTokenizer:
                 )
             room = self.max_length - n_prompt
             truncated = len(chosen) > room or len(rejected) > room
-            differed = chosen != rejected
             chosen, rejected = chosen[:room], rejected[:room]
-            collapsed = differed and chosen == rejected
-
-        def span(response: list[int]) -> SequenceSpan:
-            ids = tuple(prompt_ids + response)
-            return SequenceSpan(ids=ids, start=n_prompt - 1, end=n_prompt - 1 + len(response))
-
-        return TokenizedPair(
-            row_id=row,
-            prompt_len=n_prompt,
-            chosen=span(chosen),
-            rejected=span(rejected),
-            chosen_response=tuple(chosen),
-            rejected_response=tuple(rejected),
+        return _tokenized(
+            row,
+            n_prompt,
+            whole,
+            (span(chosen), span(rejected)),
+            (tuple(chosen), tuple(rejected)),
             truncated=truncated,
-            truncation_collapsed=collapsed,
+            limit=f"--max-length {self.max_length}",
         )
 
     def _encode_official(self, pair: PreferencePair) -> TokenizedPair | RowProblem:
@@ -214,14 +227,18 @@ class PairTokenizer:
             special = True
         limit = self.max_length
 
-        def tok(text: str) -> tuple[list[int], bool]:
+        def tok(text: str) -> tuple[list[int], list[int], bool]:
             ids = self._ids(text, special=special)
             if limit is not None and len(ids) > limit:
-                return ids[:limit], True
-            return ids, False
+                return ids, ids[:limit], True
+            return ids, ids, False
 
-        query_ids, query_cut = tok(query)
-        (chosen_ids, chosen_cut), (rejected_ids, rejected_cut) = tok(texts[0]), tok(texts[1])
+        _, query_ids, query_cut = tok(query)
+        (chosen_full, chosen_ids, chosen_cut), (rejected_full, rejected_ids, rejected_cut) = (
+            tok(texts[0]),
+            tok(texts[1]),
+        )
+        full_ids = (chosen_full, rejected_full)
         n_query = len(query_ids)
         # A query of exactly ``limit`` tokens fills it too: every response token is cut away.
         if query_cut or (limit is not None and n_query >= limit):
@@ -243,15 +260,44 @@ class PairTokenizer:
         def span(ids: list[int]) -> SequenceSpan:
             return SequenceSpan(ids=tuple(ids), start=n_query - 1, end=len(ids))
 
-        return TokenizedPair(
-            row_id=row,
-            prompt_len=n_query,
-            chosen=span(chosen_ids),
-            rejected=span(rejected_ids),
-            chosen_response=tuple(chosen_ids[n_query:]),
-            rejected_response=tuple(rejected_ids[n_query:]),
+        return _tokenized(
+            row,
+            n_query,
+            (span(full_ids[0]), span(full_ids[1])),
+            (span(chosen_ids), span(rejected_ids)),
+            (tuple(chosen_ids[n_query:]), tuple(rejected_ids[n_query:])),
             truncated=query_cut or chosen_cut or rejected_cut,
-            truncation_collapsed=(chosen_cut or rejected_cut)
-            and chosen_ids == rejected_ids
-            and texts[0] != texts[1],
+            limit=f"--max-length {limit}" if self.options.max_length else f"the script's {limit}-token limit",
         )
+
+
+def _tokenized(
+    row: int,
+    prompt_len: int,
+    whole: tuple[SequenceSpan, SequenceSpan],
+    spans: tuple[SequenceSpan, SequenceSpan],
+    responses: tuple[tuple[int, ...], tuple[int, ...]],
+    *,
+    truncated: bool,
+    limit: str,
+) -> TokenizedPair:
+    """The TokenizedPair, with its verdict when truncation made the summed states equal.
+
+    ``whole``: the spans before truncation, ``spans``: as scored. A pair whose summed states
+    were equal before the cut is plain ``identical`` (TokenizedPair.degeneracy says so).
+    """
+    collapsed = truncated and same_summed_states(*spans) and not same_summed_states(*whole)
+    degenerate = None
+    if collapsed:
+        degenerate = Degenerate(Status.TRUNCATED_IDENTICAL, identical_reason(*spans, limit=limit))
+    return TokenizedPair(
+        row_id=row,
+        prompt_len=prompt_len,
+        chosen=spans[0],
+        rejected=spans[1],
+        chosen_response=responses[0],
+        rejected_response=responses[1],
+        truncated=truncated,
+        truncation_collapsed=collapsed,
+        degenerate=degenerate,
+    )

@@ -213,13 +213,14 @@ def test_fingerprints_are_stable_and_tell_tokenizers_apart(smol, gemma):
 def test_max_length_cuts_responses_and_keeps_the_prompt(smol):
     whole = encode(smol, SKY)
     P = whole.prompt_len
-    cut = encode(smol, SKY, max_length=P + 3)
-    assert cut.truncated and not cut.truncation_collapsed
+    # four tokens each: "It is blue." / "It is black,": the third differs and is read
+    cut = encode(smol, SKY, max_length=P + 4)
+    assert cut.truncated and not cut.truncation_collapsed and cut.degeneracy() is None
     assert cut.prompt_len == P and cut.chosen.ids[:P] == whole.chosen.ids[:P]
-    assert cut.chosen_response == whole.chosen_response[:3]
-    assert cut.rejected_response == whole.rejected_response[:3]
+    assert cut.chosen_response == whole.chosen_response[:4]
+    assert cut.rejected_response == whole.rejected_response[:4]
     for span in (cut.chosen, cut.rejected):
-        assert len(span.ids) == P + 3 and (span.start, span.end) == (P - 1, P + 2)
+        assert len(span.ids) == P + 4 and (span.start, span.end) == (P - 1, P + 3)
     room = P + len(whole.chosen_response)  # the chosen reply fits, the longer rejected one doesn't
     partly = encode(smol, SKY, max_length=room)
     assert partly.truncated and partly.chosen == whole.chosen
