@@ -19,6 +19,7 @@ class Status(str, enum.Enum):
     OK = "ok"
     IDENTICAL = "identical"  # equal ids wherever the summed states read them: ches is 0 exactly
     TRUNCATED_IDENTICAL = "truncated_identical"  # identical as above only once truncated
+    NONFINITE = "nonfinite"  # a score came out NaN or infinite (e.g. a float16 overflow): nulled
     EMPTY_RESPONSE = "empty_response"  # empty or whitespace-only response (null: INVALID_FIELD)
     INVALID_FIELD = "invalid_field"  # a field is missing, null or of the wrong type
     AMBIGUOUS_PROMPT = "ambiguous_prompt"  # implicit prompt: chosen/rejected differ before the last turn

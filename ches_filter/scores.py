@@ -8,7 +8,9 @@ large, nearly equal terms.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -46,24 +48,68 @@ def edit_distance(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> flo
     return Levenshtein.distance(list(chosen_ids), list(rejected_ids)) / longest
 
 
+#: Score columns checked for NaN and infinity (the token counts and flags are integers).
+FLOAT_COLUMNS = (
+    "ches",
+    "ln_ches",
+    "last_hidden_inner",
+    "edit_distance",
+    "dot_chosen_rejected",
+    "sq_norm_chosen",
+    "sq_norm_rejected",
+)
+
+
 def score_pair(tokenized: TokenizedPair, sums: PairSums) -> PairScores:
-    """All score columns for one pair whose hidden states went through the model."""
+    """All score columns for one pair whose hidden states went through the model.
+
+    A pair with any non-finite score (NaN or ±inf: hidden states that overflowed, e.g. in
+    float16) gets status ``nonfinite``, a reason naming each such column and its value, and
+    null in those columns (the finite ones are kept), so that it is never ranked and no NaN or
+    infinity reaches a shard, a summary or a JSON document.
+    """
     s_plus, s_minus = _f64(sums.sum_chosen), _f64(sums.sum_rejected)
     n_plus, n_minus = tokenized.chosen.n_summed, tokenized.rejected.n_summed
-    return PairScores(
-        row_id=tokenized.row_id,
-        status=Status.OK,
-        ches=ches(s_plus, s_minus),
-        ln_ches=ln_ches(s_plus, s_minus, n_plus, n_minus),
-        last_hidden_inner=last_hidden_inner(sums.last_chosen, sums.last_rejected),
-        edit_distance=edit_distance(tokenized.chosen_response, tokenized.rejected_response),
-        dot_chosen_rejected=float(np.dot(s_plus, s_minus)),
-        sq_norm_chosen=float(np.dot(s_plus, s_plus)),
-        sq_norm_rejected=float(np.dot(s_minus, s_minus)),
-        prompt_tokens=tokenized.prompt_len,
-        chosen_tokens=n_plus,
-        rejected_tokens=n_minus,
-        truncated=tokenized.truncated,
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported below
+        scores = PairScores(
+            row_id=tokenized.row_id,
+            status=Status.OK,
+            ches=ches(s_plus, s_minus),
+            ln_ches=ln_ches(s_plus, s_minus, n_plus, n_minus),
+            last_hidden_inner=last_hidden_inner(sums.last_chosen, sums.last_rejected),
+            edit_distance=edit_distance(tokenized.chosen_response, tokenized.rejected_response),
+            dot_chosen_rejected=float(np.dot(s_plus, s_minus)),
+            sq_norm_chosen=float(np.dot(s_plus, s_plus)),
+            sq_norm_rejected=float(np.dot(s_minus, s_minus)),
+            prompt_tokens=tokenized.prompt_len,
+            chosen_tokens=n_plus,
+            rejected_tokens=n_minus,
+            truncated=tokenized.truncated,
+        )
+    return without_nonfinite(scores)
+
+
+def without_nonfinite(scores: PairScores) -> PairScores:
+    """``scores`` unchanged when every score is finite; otherwise status ``nonfinite``.
+
+    The non-finite columns become null and the reason names them with their values.
+    """
+    bad = {
+        name: value
+        for name in FLOAT_COLUMNS
+        if (value := getattr(scores, name)) is not None and not math.isfinite(value)
+    }
+    if not bad:
+        return scores
+    listed = ", ".join(f"{name} = {value}" for name, value in bad.items())
+    return replace(
+        scores,
+        status=Status.NONFINITE,
+        reason=(
+            f"non-finite score ({listed}): the hidden states overflowed or are not numbers "
+            "(a float16 model? try --dtype float32); stored as null, never ranked"
+        ),
+        **{name: None for name in bad},
     )
 
 
