@@ -26,10 +26,14 @@ when only the cut made them so (e.g. two responses cut to one length that differ
 kept token, which no summed position reads), the tokenizer records ``truncated_identical`` on
 the TokenizedPair (``degenerate``) with its reason.
 
-``convention="official"`` reproduces the authors' per-example script instead: strings
+``convention="official"`` follows the authors' per-example script instead: strings
 ``query + response`` without EOS, query and full text tokenised separately and each truncated
-at ``max_length`` (512 by default there), prompt length from the query, and hidden states
-summed from ``query_len - 1`` through the final position.
+at ``max_length`` (512 by default there), leading EOS tokens stripped (its ``__trim_padding``),
+prompt length from the query, and hidden states summed from ``query_len - 1`` through the
+final position. For tokenizers without a chat template the script also wraps the query in
+``<|prompter|>…<|assistant|>`` markers that it adds to the vocabulary (resizing the model's
+embeddings); that is not reproduced here, and the description (hence the manifest) says so
+(docs/scores.md lists every difference).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from .records import (
 
 Convention = Literal["default", "official"]
 OFFICIAL_MAX_LENGTH = 512
+#: What the official script wraps a query in for tokenizers without a chat template (not reproduced).
+OFFICIAL_MARKERS = "<|prompter|>/<|assistant|>"
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,11 @@ class PairTokenizer:
     def description(self) -> str:
         how = "chat template" if self.uses_chat_template else "plain text + EOS"
         if self.options.convention == "official":
-            how = ("chat template" if self.uses_chat_template else "plain text") + ", official script"
+            how = (
+                "chat template, official script"
+                if self.uses_chat_template
+                else f"plain text, official script without its {OFFICIAL_MARKERS} markers"
+            )
         limit = f", max length {self.max_length}" if self.max_length else ""
         return how + limit
 
@@ -212,6 +222,20 @@ class PairTokenizer:
             limit=f"--max-length {self.max_length}",
         )
 
+    def _strip_leading_eos(self, ids: list[int]) -> list[int]:
+        """The official script's ``__trim_padding``: ids from the first one that is not EOS.
+
+        It is meant for left padding (the script pads with EOS), but it also removes a leading
+        EOS that a tokenizer adds as its BOS (the same token in GPT-2-style vocabularies) or a
+        chat template renders first. Ids that are all EOS are kept whole, as ``argmax`` there
+        gives 0.
+        """
+        eos = self.eos_id
+        for start, token in enumerate(ids):
+            if token != eos:
+                return ids[start:]
+        return ids
+
     def _encode_official(self, pair: PreferencePair) -> TokenizedPair | RowProblem:
         row = pair.row_id
         if self.uses_chat_template:
@@ -228,9 +252,11 @@ class PairTokenizer:
         limit = self.max_length
 
         def tok(text: str) -> tuple[list[int], list[int], bool]:
+            """Full ids and ids as scored: cut at ``limit``, then leading EOS tokens stripped."""
             ids = self._ids(text, special=special)
             if limit is not None and len(ids) > limit:
-                return ids, ids[:limit], True
+                return self._strip_leading_eos(ids), self._strip_leading_eos(ids[:limit]), True
+            ids = self._strip_leading_eos(ids)
             return ids, ids, False
 
         _, query_ids, query_cut = tok(query)
