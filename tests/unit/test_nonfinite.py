@@ -132,6 +132,9 @@ def test_a_float16_overflow_end_to_end(overflowing_dir, tmp_path):
         assert written == kept_rows, filtered.counts
 
     report = build_report(tmp_path / "fp16", top=5)
+    counts = report["counts"]
+    assert (counts["scored"], counts["ranked"], counts["unranked"]) == (0, 0, 3), counts
+    assert counts["by_status"]["nonfinite"] == 2
     text = render_json(report)
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text)  # valid JSON
