@@ -33,7 +33,7 @@ def score_command(
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", rich_help_panel=OUTPUT,
-                     help="Folder for the shards and manifest.json [default: DATASET name + .ches].",
+                     help="Folder for the shards and manifest.json \\[default: DATASET name + .ches].",
                      show_default=False),
     ] = None,
     split: Annotated[str | None, typer.Option("--split", rich_help_panel=INPUT, help="Split to read.")] = None,
@@ -79,7 +79,7 @@ def score_command(
         str | None,
         typer.Option("--model", "-m", rich_help_panel=MODEL, show_default=False,
                      help="Bundled alias (smollm2-135m-instruct, gemma-3-270m), local folder, .gguf "
-                     "file or hub id [default: smollm2-135m-instruct]."),
+                     "file or hub id \\[default: smollm2-135m-instruct]."),
     ] = None,
     model_revision: Annotated[
         str | None, typer.Option("--model-revision", rich_help_panel=MODEL, help="Hub model revision.")
