@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from . import score_registry
 from .records import PairScores, PairSums, Status, TokenizedPair
 
 
@@ -48,16 +49,8 @@ def edit_distance(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> flo
     return Levenshtein.distance(list(chosen_ids), list(rejected_ids)) / longest
 
 
-#: Score columns checked for NaN and infinity (the token counts and flags are integers).
-FLOAT_COLUMNS = (
-    "ches",
-    "ln_ches",
-    "last_hidden_inner",
-    "edit_distance",
-    "dot_chosen_rejected",
-    "sq_norm_chosen",
-    "sq_norm_rejected",
-)
+#: Score columns checked for NaN and infinity: every float column of the registry.
+FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in score_registry.COLUMNS if c.dtype == "float64")
 
 
 def score_pair(tokenized: TokenizedPair, sums: PairSums) -> PairScores:
