@@ -176,6 +176,7 @@ class PairScorer:
     ) -> None:
         self.loaded = loaded
         self.tokenizer = PairTokenizer(loaded.tokenizer, tokenization)
+        self.tokenizer.prepare_model(loaded.model)  # --compat official's added tokens, if any
         if loaded.device.type == "cpu":  # large activations: no page faults per layer
             retain_freed_memory()
         self.runner = HiddenStateRunner(loaded, max_batch_tokens=max_batch_tokens, mode=engine, log=log)

@@ -30,10 +30,10 @@ the TokenizedPair (``degenerate``) with its reason.
 ``query + response`` without EOS, query and full text tokenised separately and each truncated
 at ``max_length`` (512 by default there), leading EOS tokens stripped (its ``__trim_padding``),
 prompt length from the query, and hidden states summed from ``query_len - 1`` through the
-final position. For tokenizers without a chat template the script also wraps the query in
-``<|prompter|>…<|assistant|>`` markers that it adds to the vocabulary (resizing the model's
-embeddings); that is not reproduced here, and the description (hence the manifest) says so
-(docs/scores.md lists every difference).
+final position. For tokenizers without a chat template the query is
+``<|prompter|>{prompt}<|assistant|>``, both markers added to a copy of the tokenizer as special
+tokens, and :meth:`PairTokenizer.prepare_model` gives them rows in the model's embeddings (the
+mean row), as the script's ``resize_token_embeddings`` does (docs/scores.md lists what differs).
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ from .records import (
 
 Convention = Literal["default", "official"]
 OFFICIAL_MAX_LENGTH = 512
-#: What the official script wraps a query in for tokenizers without a chat template (not reproduced).
-OFFICIAL_MARKERS = "<|prompter|>/<|assistant|>"
+#: The official script's query markers for tokenizers without a chat template (added as tokens).
+PROMPTER, ASSISTANT = "<|prompter|>", "<|assistant|>"
+OFFICIAL_PADDING = "<|padding|>"  # the script's pad token when the tokenizer has none
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,24 @@ class PairTokenizer:
             self.max_length: int | None = OFFICIAL_MAX_LENGTH
         else:
             self.max_length = self.options.max_length
+        #: the official script's query markers, added to a copy of the tokenizer
+        self.official_markers = self.options.convention == "official" and not self.uses_chat_template
+        if self.official_markers:
+            self.tokenizer = _with_official_tokens(tokenizer)
+
+    def prepare_model(self, model: Any) -> int:
+        """Rows for the tokens this tokenizer added to the model's embeddings (official markers).
+
+        Call once on the model that will score this tokenizer's pairs (the runner's, the report's).
+        The script resizes the embeddings for the markers it adds; the new rows are the mean of
+        the existing ones (:mod:`ches_filter.model.vocabulary`). Returns the rows added, 0 when
+        nothing was needed (every other convention and tokenizer).
+        """
+        if not self.official_markers:
+            return 0
+        from .model.vocabulary import grow_embeddings
+
+        return grow_embeddings(model, len(self.tokenizer))
 
     @property
     def description(self) -> str:
@@ -118,7 +137,7 @@ class PairTokenizer:
             how = (
                 "chat template, official script"
                 if self.uses_chat_template
-                else f"plain text, official script without its {OFFICIAL_MARKERS} markers"
+                else f"plain text in {PROMPTER}…{ASSISTANT} (added tokens, mean embedding rows), official script"
             )
         limit = f", max length {self.max_length}" if self.max_length else ""
         return how + limit
@@ -246,8 +265,8 @@ class PairTokenizer:
             texts = [query + pair.chosen, query + pair.rejected]
             special = False
         else:
-            query = pair.prompt_text
-            texts = [query + pair.chosen_text, query + pair.rejected_text]
+            query = _official_query(pair)
+            texts = [query + pair.chosen, query + pair.rejected]
             special = True
         limit = self.max_length
 
@@ -295,6 +314,36 @@ class PairTokenizer:
             truncated=query_cut or chosen_cut or rejected_cut,
             limit=f"--max-length {limit}" if self.options.max_length else f"the script's {limit}-token limit",
         )
+
+
+def _with_official_tokens(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` with the script's additions: a pad token if none, both markers."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    if not tokenizer.pad_token:
+        tokenizer.add_special_tokens({"pad_token": OFFICIAL_PADDING})
+    tokenizer.add_special_tokens({"additional_special_tokens": [PROMPTER, ASSISTANT]})
+    return tokenizer
+
+
+def _official_query(pair: PreferencePair) -> str:
+    """The script's query for tokenizers without a chat template: ``<|prompter|>…<|assistant|>``.
+
+    One user turn (the script's only case): ``<|prompter|>{content}<|assistant|>``. The script
+    has no format for a system message or earlier turns; here a system message comes first as is
+    (then a newline), each user turn after ``<|prompter|>``, each assistant turn after
+    ``<|assistant|>``, and the query ends with ``<|assistant|>`` (docs/scores.md).
+    """
+    parts = []
+    for turn in pair.prompt:
+        if turn.role == "system":
+            parts.append(f"{turn.content}\n")
+        elif turn.role == "assistant":
+            parts.append(f"{ASSISTANT}{turn.content}")
+        else:
+            parts.append(f"{PROMPTER}{turn.content}")
+    return "".join(parts) + ASSISTANT
 
 
 def _tokenized(

@@ -1,18 +1,16 @@
 """``--compat official`` against an independent re-computation of the authors' script (#12, 3.5, 3.7).
 
 ``script_scores`` below follows ``compute_preference_similarity_per_example.py``
-(princeton-nlp/unintentional-unalignment) step by step, written from its logic for this test:
-``text = query + response``; the query and each text tokenised separately, with the tokenizer's
-special tokens only when it has no chat template, each cut at ``max_length`` on the right;
-leading EOS tokens stripped (``__trim_padding``); rows whose query or responses come out empty
-skipped; hidden states ``hidden_states[-1][query_len - 1:]`` summed; ``ln_ches`` divided by the
-number of those positions; the normalised edit distance over ``text[query_len:]``.
-
-Its query for a tokenizer without a chat template is, in the script, ``<|prompter|>…<|assistant|>``
-with both markers added to the vocabulary and the embeddings resized; ches-filter does not
-reproduce that (docs/scores.md says why and how it differs), so for the tiny Gemma fixture (no
-chat template) the query here is the prompt text, as documented, and a separate test checks that
-the markers are indeed absent and that the manifest's description says so.
+(princeton-nlp/unintentional-unalignment) step by step, written from its logic for this test.
+For a tokenizer without a chat template: a pad token if none, ``<|prompter|>`` and
+``<|assistant|>`` added as special tokens, ``model.resize_token_embeddings(len(tokenizer))``
+(transformers' own, as the script calls it), the query ``<|prompter|>{prompt}<|assistant|>``.
+With a chat template: the template applied to one user message. Then ``text = query +
+response``; the query and each text tokenised separately, with the tokenizer's special tokens
+only when it has no chat template, each cut at ``max_length`` on the right; leading EOS tokens
+stripped (``__trim_padding``); rows whose query or responses come out empty skipped; hidden
+states ``hidden_states[-1][query_len - 1:]`` summed; ``ln_ches`` divided by the number of those
+positions; the normalised edit distance over ``text[query_len:]``.
 """
 
 from __future__ import annotations
@@ -56,17 +54,30 @@ def edit_distance(a: list[int], b: list[int]) -> float:
     return previous[-1] / max(len(a), len(b))
 
 
+def script_tokenizer_and_model(tokenizer, model):
+    """``__update_tokenizer_setting_and_chat_tokens`` and the resize, on copies."""
+    tokenizer, model = copy.deepcopy(tokenizer), copy.deepcopy(model)
+    if not tokenizer.chat_template:
+        if not tokenizer.pad_token:
+            tokenizer.add_special_tokens({"pad_token": "<|padding|>"})
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|prompter|>", "<|assistant|>"]})
+    model.resize_token_embeddings(len(tokenizer))
+    return tokenizer, model
+
+
 def script_scores(model, tokenizer, p: PreferencePair, max_length: int = 512) -> dict | None:
-    """One example through the script's logic; None where the script skips the row."""
+    """One example through the script's logic; None where the script skips the row.
+
+    ``model``/``tokenizer`` as :func:`script_tokenizer_and_model` left them.
+    """
     import torch
 
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": p.prompt[-1].content}]
         query = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        text_w, text_l = query + p.chosen, query + p.rejected
-    else:  # documented difference: no <|prompter|>/<|assistant|> markers
-        query = p.prompt_text
-        text_w, text_l = query + p.chosen_text, query + p.rejected_text
+    else:
+        query = f"<|prompter|>{p.prompt[-1].content}<|assistant|>"
+    text_w, text_l = query + p.chosen, query + p.rejected
     special = not tokenizer.chat_template
 
     def tok(text: str) -> list[int]:
@@ -104,11 +115,14 @@ def script_scores(model, tokenizer, p: PreferencePair, max_length: int = 512) ->
     }
 
 
-def assert_matches(got, want: dict) -> None:
+def assert_matches(got, want) -> None:
     # Ours sums float32 states in float32 in another order, then takes float64 inner products;
     # the script's values here are float64 sums of the same float32 states. Each summed vector
     # differs by ~n·eps32 relative, so the difference of the two large terms may move by ~1e-6
-    # of their scale; 1e-5 of the scale leaves room without hiding a wrong position or count.
+    # of their scale. The script's new embedding rows carry noise of ~1e-6 (resize_token_embeddings
+    # samples around the mean with 1e-9 of the rows' covariance) where ours are the mean, ~1e-5
+    # of the rows here (see fresh_gemma). Measured: below 1e-6 of the scale; 1e-5 leaves room
+    # without hiding a wrong position, token or count (those move the scores by percents).
     assert got.status is Status.OK, got.reason
     assert got.ches == pytest.approx(want["ches"], abs=1e-5 * want["scale"])
     assert got.ln_ches == pytest.approx(want["ln_ches"], abs=1e-5 * want["ln_scale"])
@@ -119,11 +133,39 @@ def assert_matches(got, want: dict) -> None:
     assert got.prompt_tokens == want["query_len"]
 
 
+@pytest.fixture(scope="module")
+def fresh_gemma(tiny_gemma_dir):
+    """The tiny Gemma loaded again: official scoring grows its embeddings (not the shared one's).
+
+    Its random embedding rows average to almost nothing (~4e-5 per coordinate), so the noise
+    that the script's resize adds around that mean (~1e-6) would be 4% of the new rows, and the
+    first RMSNorm would pass that on. Trained embeddings share a common component; a fixed
+    one is added to every row here, so the mean row stands clear of the noise as it does there.
+    """
+    import torch
+
+    from ches_filter.model.load import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(name=str(tiny_gemma_dir), device="cpu", dtype="float32"))
+    weight = loaded.model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight += torch.linspace(-0.05, 0.05, weight.shape[1])
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def script_models(fresh_gemma, tiny_llama):
+    """Per fixture: (the model and tokenizer as the script prepares them), made before scoring."""
+    return {name: script_tokenizer_and_model(loaded.tokenizer, loaded.model)
+            for name, loaded in (("gemma", fresh_gemma), ("llama", tiny_llama))}  # fmt: skip
+
+
 @pytest.mark.parametrize("room", [None, 6])  # None: the script's 512; 6: six tokens past the query
-@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama"])
-def test_official_convention_equals_the_script(fixture, room, request):
-    loaded = request.getfixturevalue(fixture)
-    assert bool(loaded.tokenizer.chat_template) is (fixture == "tiny_llama")
+@pytest.mark.parametrize("fixture", ["gemma", "llama"])
+def test_official_convention_equals_the_script(fixture, room, fresh_gemma, tiny_llama, script_models):
+    loaded = fresh_gemma if fixture == "gemma" else tiny_llama
+    script_tokenizer, script_model = script_models[fixture]
+    assert bool(loaded.tokenizer.chat_template) is (fixture == "llama")
     max_length = 512
     if room is not None:
         query = PairTokenizer(loaded.tokenizer, TokenizationOptions(convention="official")).encode(PAIRS[2])
@@ -132,7 +174,7 @@ def test_official_convention_equals_the_script(fixture, room, request):
     results = PairScorer(loaded, options).score(PAIRS)
     compared = 0
     for p, got in zip(PAIRS, results, strict=True):
-        want = script_scores(loaded.model, loaded.tokenizer, p, max_length)
+        want = script_scores(script_model, script_tokenizer, p, max_length)
         if want is None:
             assert got.status in (Status.PROMPT_TOO_LONG, Status.EMPTY_RESPONSE), got
             continue
@@ -155,19 +197,51 @@ def test_official_convention_strips_a_leading_eos(tiny_llama):
     assert raw[0] == tokenizer.eos_token_id
     encoded = PairTokenizer(tokenizer, TokenizationOptions(convention="official")).encode(p)
     assert isinstance(encoded, TokenizedPair)
-    want = script_scores(tiny_llama.model, tokenizer, p)
+    want = script_scores(tiny_llama.model, tokenizer, p)  # nothing added: it has a template
     assert (encoded.chosen.ids, encoded.rejected.ids) == want["ids"]
     assert encoded.chosen.ids[0] != tokenizer.eos_token_id and encoded.prompt_len == len(raw) - 1
     assert_matches(reference_scores(tiny_llama.model, encoded), want)
 
 
-def test_without_a_chat_template_the_markers_are_not_reproduced_and_the_manifest_says_so(tiny_gemma):
-    tokenizer = tiny_gemma.tokenizer
-    pair_tokenizer = PairTokenizer(tokenizer, TokenizationOptions(convention="official"))
+def test_the_markers_get_the_mean_embedding_row_once(tiny_gemma_dir):
+    from ches_filter.model.load import ModelSpec, load_model
+
+    loaded = load_model(ModelSpec(name=str(tiny_gemma_dir), device="cpu", dtype="float32"))
+    before = loaded.model.get_input_embeddings().weight.detach().double().numpy().copy()
+    pair_tokenizer = PairTokenizer(loaded.tokenizer, TokenizationOptions(convention="official"))
     assert pair_tokenizer.description == (
-        "plain text, official script without its <|prompter|>/<|assistant|> markers, max length 512"
+        "plain text in <|prompter|>…<|assistant|> (added tokens, mean embedding rows), official script, "
+        "max length 512"
     )
-    encoded = pair_tokenizer.encode(PAIRS[0])
-    text = tokenizer.decode(list(encoded.chosen.ids))
-    assert "<|prompter|>" not in text and "<|assistant|>" not in text
-    assert encoded.chosen.ids == tuple(tokenizer("What colour is the sky? It is blue.")["input_ids"])
+    assert pair_tokenizer.prepare_model(loaded.model) == 2
+    after = loaded.model.get_input_embeddings().weight.detach().double().numpy()
+    assert after.shape == (before.shape[0] + 2, before.shape[1])
+    assert loaded.model.config.vocab_size == before.shape[0] + 2
+    np.testing.assert_array_equal(after[: before.shape[0]], before)  # the old rows untouched
+    # float32 mean over 262,144 rows against float64's: ~1e-7 of the values' spread
+    np.testing.assert_allclose(after[-2:], np.stack([before.mean(axis=0)] * 2), atol=1e-6 * before.std())
+    assert pair_tokenizer.prepare_model(loaded.model) == 0  # once
+    # a chat-template tokenizer, or the default convention, adds nothing
+    assert PairTokenizer(loaded.tokenizer).prepare_model(loaded.model) == 0
+
+
+def test_score_and_highlight_a_base_model_under_official(tiny_gemma_dir, tmp_path):
+    """End to end: ches score --compat official on a model without a chat template, then the
+    report's highlighting, which loads the model again and must give the markers rows too."""
+    import json
+
+    from ches_filter import build_report, score_dataset
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt_text, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                            for p in PAIRS))  # fmt: skip
+    result = score_dataset(str(data), output=tmp_path / "out", model=str(tiny_gemma_dir), device="cpu",
+                           dtype="float32", convention="official")  # fmt: skip
+    assert result.summary["by_status"] == {"ok": 3}
+    assert "<|prompter|>" in result.manifest["model"]["tokenization"]
+    report = build_report(tmp_path / "out", top=3, highlight="on", device="cpu")
+    highlighted = [pair for pair in report["top"] if pair.get("contributions")]
+    assert len(highlighted) == 3, report.get("notes")
+    assert not any("differs" in note for note in report.get("notes", [])), report["notes"]
+    for pair in highlighted:  # the decomposition sums to the stored score
+        assert pair["contributions"]["ches"] == pytest.approx(pair["scores"]["ches"], rel=1e-4, abs=1e-6)

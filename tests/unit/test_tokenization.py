@@ -296,11 +296,17 @@ def test_official_convention_with_a_chat_template(smol):
 
 
 def test_official_convention_plain_text(gemma):
-    encoded = encode(gemma, pair("The sky is", " blue.", " green."), convention="official")
-    full = ids(gemma, "The sky is blue.", special=True)
-    assert encoded.chosen.ids == tuple(full) and full[0] == gemma.bos_token_id
-    assert encoded.chosen.ids[-1] != gemma.eos_token_id
-    assert encoded.chosen.end == len(full)
+    """No chat template: the script's <|prompter|>…<|assistant|> query, markers as new tokens."""
+    tok = PairTokenizer(gemma, TokenizationOptions(convention="official"))
+    encoded = tok.encode(pair("The sky is", " blue.", " green."))
+    prompter, assistant = len(gemma), len(gemma) + 1  # appended after the vocabulary
+    assert tok.tokenizer.convert_tokens_to_ids(["<|prompter|>", "<|assistant|>"]) == [prompter, assistant]
+    body = ids(gemma, "The sky is", special=False)
+    reply = ids(gemma, " blue.", special=False)
+    assert encoded.chosen.ids == (gemma.bos_token_id, prompter, *body, assistant, *reply)
+    assert encoded.prompt_len == len(body) + 3 and encoded.chosen.ids[-1] != gemma.eos_token_id
+    assert encoded.chosen.end == len(encoded.chosen.ids)
+    assert len(gemma) == prompter  # the caller's tokenizer is left alone
 
 
 def test_official_convention_truncates_each_text(smol):
