@@ -211,6 +211,7 @@ class ScoreOptions:
     chosen_field: str | None = None
     rejected_field: str | None = None
     label_policy: str = "better"
+    ranking_pair: str | None = None  # the ranking layout's pair: first-second (default), first-last
     use_chat_template: bool = True
     max_length: int | None = None
     convention: str = "default"
@@ -224,6 +225,7 @@ class ScoreOptions:
             chosen_field=self.chosen_field,
             rejected_field=self.rejected_field,
             label_policy=self.label_policy,
+            ranking_pair=self.ranking_pair,
         )
 
     def tokenization_options(self) -> TokenizationOptions:
@@ -586,6 +588,7 @@ def run_scoring(
             "chosen_field": options.chosen_field,
             "rejected_field": options.rejected_field,
             "label_policy": options.label_policy,
+            "ranking_pair": options.ranking_pair,
             "use_chat_template": options.use_chat_template,
             "max_length": scorer.tokenizer.max_length,
             "convention": options.convention,

@@ -27,6 +27,7 @@ class Status(str, enum.Enum):
     PROMPT_MISMATCH = "prompt_mismatch"  # prompt ids are not a prefix of the full rendering's ids
     PROMPT_TOO_LONG = "prompt_too_long"  # the prompt alone fills --max-length
     EMPTY_PROMPT = "empty_prompt"  # no prompt tokens at all (the spec needs P >= 1)
+    UNSUPPORTED_CONTENT = "unsupported_content"  # a non-text message part (image, audio, …)
 
     def __str__(self) -> str:  # so f-strings print "ok", not "Status.OK"
         return self.value

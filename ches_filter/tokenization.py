@@ -42,7 +42,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ModelError, OptionError
+from .errors import ModelError, OptionError, clip
 from .records import (
     Degenerate,
     PreferencePair,
@@ -172,7 +172,7 @@ class PairTokenizer:
                     for reply in (pair.chosen, pair.rejected)
                 ]
             except Exception as exc:  # jinja raises TemplateError and friends on odd roles
-                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {exc}")
+                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {clip(exc)}")
             for side, full in zip(("chosen", "rejected"), fulls, strict=False):
                 if not full.startswith(prompt_str):
                     return RowProblem(
@@ -261,7 +261,7 @@ class PairTokenizer:
             try:
                 query = self._render(self._messages(pair), generation_prompt=True)
             except Exception as exc:
-                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {exc}")
+                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {clip(exc)}")
             texts = [query + pair.chosen, query + pair.rejected]
             special = False
         else:
