@@ -176,6 +176,7 @@ class PairScorer:
     ) -> None:
         self.loaded = loaded
         self.tokenizer = PairTokenizer(loaded.tokenizer, tokenization)
+        self.tokenizer.prepare_model(loaded.model)  # --compat official's added tokens, if any
         if loaded.device.type == "cpu":  # large activations: no page faults per layer
             retain_freed_memory()
         self.runner = HiddenStateRunner(loaded, max_batch_tokens=max_batch_tokens, mode=engine, log=log)
@@ -191,16 +192,8 @@ class PairScorer:
         for index, item in enumerate(encoded):
             if isinstance(item, RowProblem):
                 results[index] = PairScores(row_id=item.row_id, status=item.status, reason=item.reason)
-            elif item.truncation_collapsed:
-                results[index] = score_identical(
-                    item,
-                    status=Status.TRUNCATED_IDENTICAL,
-                    reason="the responses differ only past --max-length: identical as scored",
-                )
-            elif item.identical:
-                results[index] = score_identical(
-                    item, status=Status.IDENTICAL, reason="chosen and rejected are identical"
-                )
+            elif (degenerate := item.degeneracy()) is not None:  # equal summed states: no model
+                results[index] = score_identical(item, status=degenerate.status, reason=degenerate.reason)
             else:
                 to_run.append((index, item))
         sums = self.runner.run([pair for _, pair in to_run])

@@ -277,6 +277,7 @@ def _compute_highlights(
         options = TokenizationOptions(use_chat_template=False, max_length=options.max_length,
                                       convention=options.convention)
     tokenizer = PairTokenizer(loaded.tokenizer, options)
+    tokenizer.prepare_model(loaded.model)  # --compat official's added tokens, if any
     out: dict[int, dict[str, Any]] = {}
     mismatched = []
     for rid, pair in pairs.items():
@@ -285,7 +286,7 @@ def _compute_highlights(
             notes.append(f"row {rid}: {encoded.reason}")
             continue
         contrib = pair_contributions(
-            loaded.model, encoded, decode=lambda i: loaded.tokenizer.decode([i])
+            loaded.model, encoded, decode=lambda i: tokenizer.tokenizer.decode([i])
         )
         stored = stored_ches.get(rid)
         if stored is not None and abs(contrib.ches - stored) > 1e-2 * max(1.0, abs(stored)):

@@ -91,7 +91,12 @@ COLUMNS: tuple[ScoreColumn, ...] = (
     ),
     ScoreColumn(
         "chosen_tokens", "int32",
-        description="n+, the chosen response's token count as scored (end-of-turn or EOS included)",
+        description=(
+            "n+, the number of summed positions, which `ln_ches` divides by: the chosen response's "
+            "token count as scored (end-of-turn or EOS included); under `--compat official`, whose sum "
+            "runs through the final position, the response's token count + 1 (what the official "
+            "script divides by)"
+        ),
     ),
     ScoreColumn("rejected_tokens", "int32", description="n-, likewise for the rejected response"),
     ScoreColumn("truncated", "bool", description="`--max-length` cut a response (never the prompt)"),

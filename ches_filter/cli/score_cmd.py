@@ -120,7 +120,7 @@ def score_command(
     compat: Annotated[
         str,
         typer.Option("--compat", rich_help_panel=TOKENS,
-                     help="default, or official: reproduce the authors' per-example script."),
+                     help="default, or official: the authors' per-example script (docs/scores.md: where it differs)."),
     ] = "default",
     max_batch_tokens: Annotated[
         int,
