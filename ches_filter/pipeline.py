@@ -461,6 +461,49 @@ def read_windows(
         yield window
 
 
+class _UntilSourceFails:
+    """The source's ``(row_id, row)`` pairs until it ends or raises a :class:`DatasetError`
+    (a malformed row of a streamed dataset, found only when reached): the error is kept in
+    ``error`` and the rows before it still flow, so the run can keep what it scored."""
+
+    def __init__(self, source: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        self.source = source
+        self.error: DatasetError | None = None
+        self.first_row: int | None = None
+        self.last_row: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        rows = iter(self.source)
+        while True:
+            try:
+                item = next(rows)
+            except StopIteration:
+                return
+            except DatasetError as exc:
+                self.error = exc
+                return
+            if self.first_row is None:
+                self.first_row = item[0]
+            self.last_row = item[0]
+            yield item
+
+
+def _stopped_error(reading: _UntilSourceFails, rows: int, kept: Sequence[Path], output: Path) -> DatasetError:
+    """The source's error, saying what of the run was kept and where."""
+    assert reading.error is not None
+    if rows and kept:
+        files = ", ".join(path.name for path in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        kept_text = (
+            f"scoring stopped there; the {rows:,} rows before it (row_id {reading.first_row} to "
+            f"{reading.last_row}, the last row written) were scored and kept in {output / 'data'}: "
+            f"{files} (.tmp and no manifest: not a finished output)"
+        )
+    else:
+        kept_text = "scoring stopped there; no row before it was scored"
+    hint = reading.error.hint or "fix or skip the bad row (--limit stops before it) and score again"
+    return DatasetError(f"{reading.error.message}\n{kept_text}", hint=hint)
+
+
 def extract_window(layout: Layout, rows: list[tuple[int, dict[str, Any]]]) -> Window:
     """Step 1: each row as a :class:`PreferencePair`, or the :class:`RowProblem` it has."""
     return Window(rows=rows, items=[layout.extract(row_id, row) for row_id, row in rows])
@@ -569,12 +612,15 @@ def run_scoring(
             plan.output, split=plan.source.split, schema=plan.schema, rows_per_shard=plan.rows_per_shard
         ) as writer,
     ):
-        for rows in read_windows(plan.source, plan.window):
+        reading = _UntilSourceFails(plan.source)
+        for rows in read_windows(reading, plan.window):
             pending.append(tokenise_window(extract_window(plan.layout, rows), pool))
             if len(pending) > ahead:
                 finish(pending.popleft())
         while pending:
             finish(pending.popleft())
+        if reading.error is not None:  # the rows read before it are scored: keep them, unfinished
+            raise _stopped_error(reading, totals.rows, writer.keep_partial(), plan.output)
         shards = writer.close()
     scoring_s = time.perf_counter() - scoring_started
 
