@@ -133,3 +133,16 @@ def test_the_cli_refuses_max_length_above_the_context_and_takes_too_long(
                                        "--too-long", "skip", "--json"])
     assert skipped.exit_code == 0, skipped.stderr
     assert json.loads(skipped.stdout)["by_status"] == {"ok": 1, "too_long": 1}
+
+
+def test_filter_passes_too_long_to_the_scoring(short_context_dir, pairs_file, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ches_filter.cli.app import app
+
+    result = CliRunner().invoke(app, ["filter", str(pairs_file), "-o", str(tmp_path / "kept"), "--top-k", "1",
+                                      "--model", str(short_context_dir), "--device", "cpu", "--too-long", "skip",
+                                      "--scores-output", str(tmp_path / "scores")])
+    assert result.exit_code == 0, result.stderr
+    statuses = [row["status"] for row in _rows(tmp_path / "scores")]
+    assert statuses == ["ok", "too_long"]
