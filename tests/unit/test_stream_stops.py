@@ -91,3 +91,21 @@ def test_a_stream_failing_at_its_first_row_says_nothing_was_scored(pairs_file, t
     with pytest.raises(DatasetError, match="scoring stopped there; no row before it was scored"):
         run_scoring(plan)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_cli_exits_2_naming_the_row_and_what_was_kept(pairs_file, tmp_path, tiny_llama_dir, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from ches_filter import pipeline
+    from ches_filter.cli.app import app
+
+    real_open = pipeline.open_source
+    monkeypatch.setattr(pipeline, "open_source", lambda *a, **k: FailingStream(real_open(*a, **k), BAD))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["score", str(pairs_file), "-o", str(out), "--model", str(tiny_llama_dir),
+                                      "--device", "cpu", "--dtype", "float32", "--rows-per-shard", "3"])
+    assert result.exit_code == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"row {BAD}: field 'chosen' is missing" in result.stderr
+    assert f"the {BAD} rows before it (row_id 0 to {BAD - 1}, the last row written)" in result.stderr
+    assert not (out / "manifest.json").exists() and len(list((out / "data").glob("*.tmp"))) == 2
