@@ -411,7 +411,8 @@ def plan_scoring(
     schema = output_schema(source.arrow_schema())
     resolved = resolve_model(spec)
     # --max-length above the model's context fails here when config.json tells it, else after the load
-    check_max_length(options.max_length, config_context(resolved, spec))
+    if options.max_length is not None:
+        check_max_length(options.max_length, config_context(resolved, spec))
     pick_device(spec.device)  # a bad or unavailable --device fails before the model loads
     output = Path(output)
     check_output_dir(output, overwrite=overwrite)

@@ -146,3 +146,19 @@ def test_filter_passes_too_long_to_the_scoring(short_context_dir, pairs_file, tm
     assert result.exit_code == 0, result.stderr
     statuses = [row["status"] for row in _rows(tmp_path / "scores")]
     assert statuses == ["ok", "too_long"]
+
+
+def test_the_context_is_read_from_config_json_without_weights(tmp_path) -> None:
+    from transformers import Gemma3Config, MambaConfig
+
+    from ches_filter.model.load import ModelSpec, ResolvedModel, config_context, context_length
+
+    folder = tmp_path / "multimodal"
+    # a multimodal checkpoint: the context is its text config's, not the wrapper's
+    Gemma3Config(text_config={"max_position_embeddings": 777, "vocab_size": 64}).save_pretrained(folder)
+    assert not list(folder.glob("*.safetensors"))  # a config alone: nothing to load
+    resolved = ResolvedModel(model_id=str(folder), kind="local", local_path=folder)
+    assert config_context(resolved, ModelSpec()) == 777
+    assert context_length(MambaConfig()) is None  # a model with no position limit: no context
+    unreadable = ResolvedModel(model_id="x", kind="local", local_path=tmp_path / "nothing-here")
+    assert config_context(unreadable, ModelSpec()) is None  # known only after the load
