@@ -331,6 +331,7 @@ def score_dataset(
     limit: int | None = None,
     sample: int | None = None,
     seed: int = 0,
+    keep_json_columns: bool = False,
     model: str | ModelSpec | None = None,
     model_revision: str | None = None,
     dtype: str | None = None,
@@ -353,8 +354,9 @@ def score_dataset(
     ``options=ScoreOptions(...)`` or as keywords (``layout=``, ``max_length=``,
     ``use_chat_template=``, ``convention=``, ``max_batch_tokens=`` …). ``tokenizer_workers``:
     processes tokenising ahead of the model (None: none on a CPU, one per spare core up to 8 on
-    an accelerator; the scores do not depend on it). Raises a ``ChesError`` for bad input
-    before any model is loaded.
+    an accelerator; the scores do not depend on it). ``keep_json_columns``: store a column that
+    no Arrow type holds exactly as the JSON text of each value, instead of failing (see
+    docs/formats.md). Raises a ``ChesError`` for bad input before any model is loaded.
     """
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -383,6 +385,7 @@ def score_dataset(
         limit=limit,
         sample=sample,
         seed=seed,
+        keep_json_columns=keep_json_columns,
     )
     if not source.columns():
         raise DatasetError(f"{source.description} has no rows: nothing to score")
@@ -413,8 +416,6 @@ def score_dataset(
     scoring_started = time.perf_counter()
     if progress is not None:
         progress(Progress(0, rows_total, 0, 0.0))
-    original_columns = set(source.columns())
-    unknown_seen: set[str] = set()
 
     def finish(
         window_rows: list[tuple[int, dict[str, Any]]],
@@ -423,14 +424,8 @@ def score_dataset(
     ) -> None:
         scored = scorer.score_encoded(encoded.result())
         out_rows = []
-        for (row_id, row), item, scores in zip(window_rows, items, scored, strict=True):
-            extra = [name for name in row if name not in original_columns and name not in unknown_seen]
-            if extra:  # a field the first rows did not have: say so, once per field
-                unknown_seen.update(extra)
-                log(
-                    f"row {row_id}: field(s) {', '.join(map(repr, extra))} are not among the columns "
-                    "found in the first rows and are not written to the output"
-                )
+        # Every field of every row is written (the writer checks each fits the schema exactly).
+        for (_, row), item, scores in zip(window_rows, items, scored, strict=True):
             pair = item if isinstance(item, PreferencePair) else None
             totals.add(scores, pair)
             out_rows.append({**row, **_score_columns(scores, pair_id(pair, row))})
@@ -495,6 +490,7 @@ def score_dataset(
             "layout": layout.name,
             "layout_description": layout.description,
             "columns": source.columns(),
+            "json_columns": source.json_columns(),
         },
         "options": {
             "layout": options.layout,

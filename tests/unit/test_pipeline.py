@@ -162,7 +162,8 @@ def test_each_bad_row_kind_gets_a_status_and_the_run_goes_on(score, tmp_path):
 
 
 def test_non_string_responses_are_row_problems(score, tmp_path):
-    """JSON whose responses are sometimes a number, a list or an object: the run goes on."""
+    """JSON whose responses are sometimes a number, a list or an object: with
+    ``keep_json_columns`` those columns are stored as JSON text and the run goes on."""
     rows = [
         {"prompt": "2 + 2 =", "chosen": "4", "rejected": "5"},
         {"prompt": "2 + 2 =", "chosen": 4, "rejected": "5"},
@@ -171,39 +172,42 @@ def test_non_string_responses_are_row_problems(score, tmp_path):
         {"prompt": "Yes?", "chosen": True, "rejected": "no"},
     ]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    score(path, tmp_path / "out")
+    with pytest.raises(ChesError, match="field 'chosen' is a string on line 1 and an integer on line 2"):
+        score(path, tmp_path / "refused")
+    result = score(path, tmp_path / "out", keep_json_columns=True)
     out = output_rows(tmp_path / "out")
     assert [r["status"] for r in out] == ["ok"] + ["invalid_field"] * 4
     assert_unscored(out[1], Status.INVALID_FIELD, "'chosen'", "a number, not a string")
     assert_unscored(out[2], Status.INVALID_FIELD, "'rejected'", "a list")
     assert_unscored(out[3], Status.INVALID_FIELD, "'chosen'", "an object")
     assert_unscored(out[4], Status.INVALID_FIELD, "'chosen'", "a boolean")
-    # strings unchanged; the other values as their JSON text
-    assert [r["chosen"] for r in out] == ["4", "4", "red", '{"text": "red"}', "true"]
-    assert out[2]["rejected"] == '["blue", "green"]'
+    # every value of those columns as its JSON text, strings too: json.loads gives it back
+    assert [r["chosen"] for r in out] == ['"4"', "4", '"red"', '{"text": "red"}', "true"]
+    assert [json.loads(r["rejected"]) for r in out] == [row["rejected"] for row in rows]
+    assert [r["prompt"] for r in out] == [row["prompt"] for row in rows]  # a plain string column
+    assert result.manifest["input"]["json_columns"] == ["chosen", "rejected"]
 
 
-def test_a_non_string_response_past_the_inferred_rows(score, tmp_path):
+def test_a_non_string_response_past_the_first_thousand_rows(score, tmp_path):
     rows = [{"prompt": "Hi", "chosen": "", "rejected": "Bye."}] * 1200  # never reach the model
     rows = rows + [{"prompt": "2 + 2 =", "chosen": 4, "rejected": "5"}]
     path = write_jsonl(tmp_path / "late.jsonl", rows)
-    result = score(path, tmp_path / "out")
+    with pytest.raises(ChesError, match="'chosen' is a string on line 1 and an integer on line 1201"):
+        score(path, tmp_path / "refused")
+    result = score(path, tmp_path / "out", keep_json_columns=True)
     assert result.manifest["counts"]["by_status"] == {"empty_response": 1200, "invalid_field": 1}
     last = output_rows(tmp_path / "out")[-1]
     assert last["row_id"] == 1200 and last["chosen"] == "4" and last["status"] == "invalid_field"
 
 
-def test_a_field_first_seen_past_the_inferred_rows_is_reported(score, tmp_path):
+def test_a_field_first_seen_past_the_first_thousand_rows_is_written(score, tmp_path):
     rows = [{"prompt": "Hi", "chosen": "", "rejected": "Bye."}] * 1001
     rows = rows + [{"prompt": "Hi", "chosen": "", "rejected": "Bye.", "source": "late"}] * 2
     path = write_jsonl(tmp_path / "late_field.jsonl", rows)
-    messages: list[str] = []
-    score(path, tmp_path / "out", log=messages.append)
-    assert [m for m in messages if "'source'" in m] == [
-        "row 1001: field(s) 'source' are not among the columns found in the first rows and are "
-        "not written to the output"
-    ]
-    assert "source" not in output_rows(tmp_path / "out")[0]
+    result = score(path, tmp_path / "out")
+    out = output_rows(tmp_path / "out")
+    assert [row["source"] for row in out] == [None] * 1001 + ["late"] * 2
+    assert result.manifest["input"]["columns"] == ["prompt", "chosen", "rejected", "source"]
 
 
 def test_truncation_collapse_and_truncated_flag(score, tmp_path):
