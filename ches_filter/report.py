@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .data.values import decode_json_text, json_text_columns
 from .errors import ChesError, ModelError
 from .filtering import ScoreFolder, score_array, table_fingerprint
 from .selection import DEFAULT_BY, LOWER_IS_RISKIER, SCORE_BY, Selection, rankable_mask, risk_order
@@ -167,7 +168,8 @@ def _read_rows(folder: ScoreFolder, row_ids: list[int]) -> dict[int, dict[str, A
     rows: dict[int, dict[str, Any]] = {}
     for shard in folder.shards:
         part = pq.read_table(shard, columns=columns, filters=pc.field("row_id").isin(wanted))
-        for row in part.to_pylist():
+        # Columns stored as JSON text (--keep-json-columns) are decoded for the layout.
+        for row in decode_json_text(part.to_pylist(), json_text_columns(part.schema)):
             rid = int(row.pop("row_id"))
             rows[rid] = row
     return rows

@@ -479,7 +479,7 @@ def _conflict_error(name: str, conflict: TypeConflict) -> DatasetError:
     return DatasetError(
         f"{name}: {conflict.message(_describe_location)}; no column type holds all of its values "
         "exactly",
-        hint=f"pass --keep-json-columns (keep_json_columns=True in Python) to store column "
+        hint=f"`ches score --keep-json-columns` (keep_json_columns=True in Python) stores column "
         f"{conflict.column!r} as the JSON text of each value; or make the field's type the same "
         "in every row",
     )
