@@ -6,8 +6,12 @@ only for hub ids. ``row_id`` is the 0-based position of a row in the source (the
 or glob are read in sorted order) and survives ``limit``/``sample``.
 
 Cheap checks happen in :func:`open_source` (the path exists, the format is known, the first rows
-parse), so a typo fails before any model is loaded. A malformed line further down surfaces while
-iterating, still as a :class:`~ches_filter.errors.DatasetError` naming the file and line.
+parse), so a typo fails before any model is loaded. :meth:`RowSource.arrow_schema` gives the one
+Arrow schema every row is written back with, losslessly (:mod:`.values`): a stored schema is kept;
+local JSON and CSV files get a first pass over every row that types each field (and finds a
+malformed line 1,500 or a field no type can hold, before the model loads); a stream without a
+stored schema is typed from its first rows. Errors are :class:`~ches_filter.errors.DatasetError`
+naming the file and line (or row_id) and the field.
 """
 
 from __future__ import annotations

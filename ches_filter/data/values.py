@@ -192,7 +192,8 @@ def _observe(node: _Node, value: Any, where: Location) -> None:
         if item is None:
             item = node.item = _Node(node.column, node.path + "[]")
         for element in value:
-            _observe(item, element, where)
+            if element.__class__ is not str or item.kind != "str":  # else nothing to learn
+                _observe(item, element, where)
     elif kind == "struct":
         fields = node.fields
         if fields is None:
@@ -201,6 +202,8 @@ def _observe(node: _Node, value: Any, where: Location) -> None:
             child = fields.get(key)
             if child is None:
                 child = fields[key] = _Node(node.column, f"{node.path}.{key}")
+            elif element.__class__ is str and child.kind == "str":  # nothing to learn
+                continue
             _observe(child, element, where)
 
 
@@ -320,7 +323,7 @@ def _int_checker(low: int, high: int, name: str) -> Checker:
             return None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return "", f"holds {_describe(value)}, not a number"
-        return "", f"holds {_describe(value)}, which a {name} column can't hold exactly"
+        return "", f"holds {_describe(value)}, which a column of type {name} can't hold exactly"
 
     return check
 
@@ -342,7 +345,7 @@ def _float_checker(dtype: pa.DataType) -> Checker:
             return None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return "", f"holds {_describe(value)}, not a number"
-        return "", f"holds {_describe(value)}, which a {dtype} column can't hold exactly"
+        return "", f"holds {_describe(value)}, which a column of type {dtype} can't hold exactly"
 
     return check
 

@@ -99,11 +99,11 @@ def written_or_error(tmp_path: Path, schema: pa.Schema, row: dict) -> list[dict]
     ("dtype", "value", "problem"),
     [
         (pa.string(), {"a": [1, 2]}, "field 'x' holds an object, not a string"),  # no JSON text
-        (pa.int64(), 7.5, "field 'x' holds a float 7.5, which a int64 column can't hold exactly"),
+        (pa.int64(), 7.5, "field 'x' holds a float 7.5, which a column of type int64 can't hold exactly"),
         (pa.int64(), True, "field 'x' holds a boolean, not a number"),
-        (pa.int32(), 2**31, "holds an integer 2147483648, which a int32 column"),
-        (pa.float64(), 2**53 + 1, "holds an integer 9007199254740993, which a double column"),
-        (pa.float32(), 0.1, "holds a float 0.1, which a float column"),
+        (pa.int32(), 2**31, "holds an integer 2147483648, which a column of type int32"),
+        (pa.float64(), 2**53 + 1, "holds an integer 9007199254740993, which a column of type double"),
+        (pa.float32(), 0.1, "holds a float 0.1, which a column of type float"),
         (pa.bool_(), 1, "field 'x' holds an integer 1, not a boolean"),
         (pa.struct([("a", pa.int64())]), {"a": 1, "name": "n"},
          "field 'x.name' is a key that the column's type lacks"),

@@ -516,3 +516,43 @@ def test_hh_real_file_source() -> None:
     source = opened(HH_FILE)
     assert source.columns() == ["chosen", "rejected"]
     assert sum(1 for _ in source) == 2312
+
+
+class _Stream(RowSource):
+    """A source without a stored schema that can only be streamed (like a hub dataset)."""
+
+    def __init__(self, rows: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(SourceSpec("stream"), description="a stream", split="train", **kwargs)
+        self.rows = rows
+
+    def _rows(self):  # type: ignore[no-untyped-def]
+        return iter(self.rows)
+
+    def _compute_fingerprint(self) -> str:
+        return "stream"
+
+
+def test_a_stream_is_typed_from_its_first_rows_and_a_later_misfit_stops_by_name(
+    tmp_path: Path,
+) -> None:
+    from ches_filter.data.shards import ShardWriter, output_schema, prepare_output_dir
+
+    rows: list[dict[str, Any]] = [{"n": i, "note": None} for i in range(1200)]
+    rows[1100]["note"] = "typed by the rows scanned while it was null"
+    rows[1150]["n"] = 7.5
+    source = _Stream(rows)
+    assert source.arrow_schema() == pa.schema([("n", pa.int64()), ("note", pa.string())])
+    prepare_output_dir(tmp_path / "out", overwrite=False)
+    schema = output_schema(source.arrow_schema())
+    writer = ShardWriter(tmp_path / "out", split="train", schema=schema)
+    with pytest.raises(DatasetError) as caught:
+        for row_id, row in source:
+            writer.write_rows([{**row, "row_id": row_id, "pair_id": "p", "status": "ok"}])
+        writer.close()
+    assert caught.value.message.startswith(
+        "row_id 1150: field 'n' holds a float 7.5, which a column of type int64 can't hold exactly"
+    )
+    conflict = _Stream([{"x": "a"}, {"x": {"b": 1}}])
+    with pytest.raises(DatasetError, match="a stream: field 'x' is a string on row_id 0 and an"):
+        conflict.arrow_schema()
+    assert _Stream([{"x": "a"}, {"x": {"b": 1}}], keep_json_columns=True).json_columns() == ["x"]
