@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ches_filter.data.values import checker, encode_json_text, json_text_columns
+from ches_filter.data.values import checker, encode_json_text, json_text_columns, shorten
 from ches_filter.errors import DatasetError, OutputError
 
 #: Score columns appended to every original column, in this order (see docs/scores.md).
@@ -305,7 +305,8 @@ class ShardWriter:
     ) -> DatasetError:
         where = f"row_id {row['row_id']}" if "row_id" in row else f"row {position}"
         return DatasetError(
-            f"{where}: field {field!r} {problem} (the output's schema was fixed before this row)",
+            f"{where}: field {shorten(field)!r} {problem} (the output's schema was fixed before "
+            "this row)",
             hint="a streamed dataset is typed from its first rows: download its files and "
             "score them locally, where every row is read before writing; or make the field's "
             "type the same in every row",

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 #: Field metadata of a column stored as JSON text (see module docstring).
@@ -96,7 +98,13 @@ class TypeConflict(Exception):
     where: tuple[Location, ...]
 
     def message(self, describe: Callable[[Location], str]) -> str:
-        return f"field {self.path!r} is " + self.what.format(*(describe(w) for w in self.where))
+        what = self.what.format(*(describe(w) for w in self.where))
+        return f"field {shorten(self.path)!r} is {what}"
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """A field path (made of the dataset's own keys) cut to ``limit`` characters for messages."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Node:
@@ -314,14 +322,15 @@ def _fits_float32(value: float) -> bool:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A Python or numpy integer, not a boolean (numpy's bool_ is no ``numbers.Integral``)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _int_checker(low: int, high: int, name: str) -> Checker:
     def check(value: Any) -> tuple[str, str] | None:
         if value is None or (_is_int(value) and low <= value <= high):
             return None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             return "", f"holds {_describe(value)}, not a number"
         return "", f"holds {_describe(value)}, which a column of type {name} can't hold exactly"
 
@@ -336,14 +345,16 @@ def _float_checker(dtype: pa.DataType) -> Checker:
     def check(value: Any) -> tuple[str, str] | None:
         if value is None:
             return None
-        if isinstance(value, float):
-            if not single or half or _fits_float32(value):
+        if isinstance(value, float) or (  # a Python float, or numpy's
+            isinstance(value, numbers.Real) and not isinstance(value, (numbers.Integral, bool))
+        ):
+            if not single or half or _fits_float32(float(value)):
                 return None
         elif _is_int(value) and (
             abs(value) <= exact or (not single and abs(value) <= _INT64_MAX and float(value) == value)
         ):
             return None
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             return "", f"holds {_describe(value)}, not a number"
         return "", f"holds {_describe(value)}, which a column of type {dtype} can't hold exactly"
 
@@ -357,7 +368,7 @@ def _string_checker(value: Any) -> tuple[str, str] | None:
 
 
 def _bool_checker(value: Any) -> tuple[str, str] | None:
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, (bool, np.bool_)):
         return None
     return "", f"holds {_describe(value)}, not a boolean"
 
