@@ -556,3 +556,9 @@ def test_a_stream_is_typed_from_its_first_rows_and_a_later_misfit_stops_by_name(
     with pytest.raises(DatasetError, match="a stream: field 'x' is a string on row_id 0 and an"):
         conflict.arrow_schema()
     assert _Stream([{"x": "a"}, {"x": {"b": 1}}], keep_json_columns=True).json_columns() == ["x"]
+
+
+def test_a_long_key_is_cut_in_the_message(tmp_path: Path) -> None:
+    key = "k" * 5000
+    message = conflict(tmp_path, json.dumps({key: 1}) + "\n" + json.dumps({key: "1"}) + "\n")
+    assert len(message) < 300 and "k" * 119 + "…" in message
