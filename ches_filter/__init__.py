@@ -23,6 +23,9 @@ except PackageNotFoundError:  # a source tree that isn't installed
 #: public name -> module that defines it (imported on first access)
 _EXPORTS = {
     "score_dataset": "ches_filter.pipeline",
+    "plan_scoring": "ches_filter.pipeline",
+    "run_scoring": "ches_filter.pipeline",
+    "ScorePlan": "ches_filter.pipeline",
     "score_pairs": "ches_filter.pipeline",
     "ScoreOptions": "ches_filter.pipeline",
     "ScoreResult": "ches_filter.pipeline",
@@ -34,7 +37,9 @@ _EXPORTS = {
     "Rule": "ches_filter.selection",
     "select": "ches_filter.selection",
     "build_report": "ches_filter.report",
-    "read_scores": "ches_filter.data.shards",
+    "report_for": "ches_filter.report",
+    "read_manifest": "ches_filter.data.manifest",
+    "read_scores": "ches_filter.data.score_folder",
     "ChesError": "ches_filter.errors",
     "Status": "ches_filter.records",
 }

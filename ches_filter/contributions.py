@@ -64,22 +64,35 @@ class PairContributions:
         }
 
 
-def hidden_states(model: Any, ids: tuple[int, ...] | list[int]) -> np.ndarray:
+def hidden_states(model: Any, ids: tuple[int, ...] | list[int], *, via_ches: bool | None = None) -> np.ndarray:
     """Last-layer hidden states of one sequence, shape ``[len(ids), d]``, in float64.
 
     ``model`` is a transformers base model (``last_hidden_state``); a causal-LM wrapper also
-    works (its ``hidden_states[-1]`` is used).
+    works (its ``hidden_states[-1]`` is used). On CUDA the pass runs under the project's ``ches``
+    attention with an explicit causal mask (key/value heads expanded, see
+    :mod:`ches_filter.model.attention`), as the scoring engine does; ``via_ches`` forces the
+    choice (None: decide by the device).
     """
     import torch
 
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=device)
-    mask = torch.ones_like(input_ids)
-    with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=mask)
+    from .model import attention as attn
+
+    parameter = next(model.parameters())
+    implementation = attn.current_implementation(model)
+    if via_ches is None:
+        via_ches = attn.routes_plain_sequences(model, parameter.device, implementation)
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=parameter.device)
+    if via_ches:
+        kwargs = attn.sequence_inputs(model, input_ids, implementation, parameter.dtype)
+        name: str | None = attn.CHES_ATTENTION
+    else:
+        kwargs = {"attention_mask": torch.ones_like(input_ids)}
+        name = None
+    with torch.no_grad(), attn.attention_implementation(model, name):
+        out = model(input_ids=input_ids, use_cache=False, **kwargs)
         states = getattr(out, "last_hidden_state", None)
         if states is None:
-            out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+            out = model(input_ids=input_ids, use_cache=False, output_hidden_states=True, **kwargs)
             states = out.hidden_states[-1]
     return states[0].to(torch.float64).cpu().numpy()
 
@@ -105,10 +118,14 @@ def pair_contributions(
     tokenized: TokenizedPair,
     *,
     decode: Callable[[int], str] | None = None,
+    via_ches: bool | None = None,
 ) -> PairContributions:
-    """Recompute one pair's hidden states and split its scores over the rejected tokens."""
-    h_plus = hidden_states(model, tokenized.chosen.ids)
-    h_minus = hidden_states(model, tokenized.rejected.ids)
+    """Recompute one pair's hidden states and split its scores over the rejected tokens.
+
+    ``via_ches``: see :func:`hidden_states` (None: the ``ches`` attention on CUDA only).
+    """
+    h_plus = hidden_states(model, tokenized.chosen.ids, via_ches=via_ches)
+    h_minus = hidden_states(model, tokenized.rejected.ids, via_ches=via_ches)
     ches_part, ln_part = decompose(h_plus, tokenized.chosen, h_minus, tokenized.rejected)
     ids = tokenized.rejected.ids
     tokens = []

@@ -12,170 +12,38 @@ No model is loaded on scores: changing K costs a read of a few numeric columns, 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from .data.manifest import FilterManifest, environment, write_manifest
+
+# Re-exported (``X as X``): these lived here before data/score_folder.py.
+from .data.score_folder import ScoreFolder as ScoreFolder
+from .data.score_folder import has_score_shards as has_score_shards
+from .data.score_folder import is_score_output as is_score_output
+from .data.score_folder import score_array as score_array
+from .data.score_folder import select_from_table as select_from_table
+from .data.score_folder import table_fingerprint as table_fingerprint
 from .data.shards import (
-    DATA_DIR,
-    MANIFEST_NAME,
     SCORE_COLUMNS,
     ShardWriter,
-    atomic_write_bytes,
+    check_output_dir,
     prepare_output_dir,
-    read_scores,
 )
 from .errors import DatasetError, OptionError, OutputError
-from .selection import Rule, Selection, select
+from .report import build_report, write_report
+from .selection import Rule, Selection
 
 Log = Callable[[str], None]
 
-_SHARD_RE = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
 REPORT_FILES = {"html": "report.html", "markdown": "report.md", "json": "report.json"}
-
-
-def _tool() -> dict[str, str]:
-    try:
-        from importlib.metadata import version
-
-        ver = version("ches-filter")
-    except Exception:  # running from a source tree that isn't installed
-        ver = "0+unknown"
-    return {"name": "ches-filter", "version": ver}
-
-
-def _shards(path: Path) -> list[Path]:
-    return sorted((path / DATA_DIR).glob("*-of-*.parquet"))
-
-
-def has_score_shards(path: Path) -> bool:
-    """True when ``path/data`` holds Parquet shards carrying every score column."""
-    shards = _shards(Path(path))
-    if not shards:
-        return False
-    names = set(pq.read_schema(shards[0]).names)
-    return all(column in names for column in SCORE_COLUMNS)
-
-
-def is_score_output(path: Path) -> bool:
-    """A ``ches score`` output: ``manifest.json`` plus shards with the score columns."""
-    return (Path(path) / MANIFEST_NAME).is_file() and has_score_shards(path)
-
-
-@dataclass(frozen=True)
-class ScoreFolder:
-    """An opened ``ches score`` output folder (only footers and the manifest are read)."""
-
-    path: Path
-    manifest: dict[str, Any]
-    shards: tuple[Path, ...]
-    schema: pa.Schema
-    original_columns: tuple[str, ...]
-    split: str
-
-    @classmethod
-    def open(cls, path: Path | str) -> ScoreFolder:
-        path = Path(path)
-        if not path.is_dir():
-            raise DatasetError(f"no such scores folder: {path}")
-        shards = _shards(path)
-        if not shards:
-            raise DatasetError(
-                f"no score shards under {path / DATA_DIR}", hint="run `ches score` first"
-            )
-        manifest_path = path / MANIFEST_NAME
-        if not manifest_path.is_file():
-            raise DatasetError(
-                f"{path} has shards but no {MANIFEST_NAME}: an interrupted or foreign output",
-                hint="rerun `ches score` into a fresh --output",
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {manifest_path}: {exc}") from exc
-        schema = pq.read_schema(shards[0])
-        missing = [c for c in SCORE_COLUMNS if c not in schema.names]
-        if missing:
-            raise DatasetError(
-                f"{shards[0]} lacks the score column(s) {', '.join(missing)}",
-                hint="pass the --output folder of `ches score`",
-            )
-        for shard in shards[1:]:
-            if pq.read_schema(shard).names != schema.names:
-                raise DatasetError(f"{shard} has other columns than {shards[0].name}")
-        splits = {m.group("split") for s in shards if (m := _SHARD_RE.match(s.name))}
-        if len(splits) != 1:
-            raise DatasetError(
-                f"{path / DATA_DIR} should hold the shards of one split, found "
-                f"{', '.join(sorted(splits)) or 'unrecognised shard names'}"
-            )
-        declared = (manifest.get("input") or {}).get("columns")
-        if declared is None:
-            originals = tuple(n for n in schema.names if n not in SCORE_COLUMNS)
-        else:
-            originals = tuple(declared)
-            absent = [c for c in originals if c not in schema.names]
-            if absent:
-                raise DatasetError(
-                    f"the manifest lists column(s) {', '.join(absent)} that the shards lack"
-                )
-        return cls(
-            path=path,
-            manifest=manifest,
-            shards=tuple(shards),
-            schema=schema,
-            original_columns=originals,
-            split=splits.pop(),
-        )
-
-    def read_columns(self, columns: list[str]) -> pa.Table:
-        return read_scores(self.path, columns=columns)
-
-    def read_score_table(self) -> pa.Table:
-        """Every score column of every row (numbers and short strings: no dataset text)."""
-        return self.read_columns(list(SCORE_COLUMNS))
-
-    def iter_batches(self, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
-        for shard in self.shards:
-            parquet = pq.ParquetFile(shard)
-            try:
-                yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
-            finally:
-                parquet.close()
-
-
-def table_fingerprint(table: pa.Table) -> str:
-    """sha256 of the table's content (Arrow IPC of one combined chunk), first 16 hex digits."""
-    sink = pa.BufferOutputStream()
-    combined = table.combine_chunks()
-    with pa.ipc.new_stream(sink, combined.schema.remove_metadata()) as writer:
-        writer.write_table(combined)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
-
-
-def score_array(table: pa.Table, column: str) -> np.ndarray:
-    """A float score column as float64 with NaN for nulls."""
-    return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
-
-
-def select_from_table(table: pa.Table, rule: Rule, *, keep_unscored: bool) -> Selection:
-    return select(
-        rule,
-        row_id=table.column("row_id").to_numpy(),
-        status=np.asarray(table.column("status").to_pylist(), dtype=object),
-        score=score_array(table, rule.by),
-        keep_unscored=keep_unscored,
-    )
 
 
 def _output_schema(folder: ScoreFolder, *, keep_scores: bool) -> pa.Schema:
@@ -311,29 +179,28 @@ def filter_scores(
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     removed_status = status[~selection.keep]
     removed_by_status = {str(s): int((removed_status == s).sum()) for s in sorted(set(removed_status))}
-    manifest: dict[str, Any] = {
-        "tool": _tool(),
-        "kind": "filter",
-        "command": command,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rule": rule.to_dict(),
-        "by": rule.by,
-        "cutoff": selection.cutoff,
-        "kept_score_range": list(selection.kept_range) if selection.kept_range else None,
-        "keep_unscored": keep_unscored,
-        "keep_scores": keep_scores,
-        "counts": {**counts, "removed_by_status": removed_by_status},
-        "input": folder.manifest.get("input", {}) | {"columns": list(folder.original_columns)},
-        "scores": {
+    manifest = FilterManifest(
+        command=command,
+        environment=environment(),
+        rule=rule.to_dict(),
+        by=rule.by,
+        cutoff=selection.cutoff,
+        kept_score_range=list(selection.kept_range) if selection.kept_range else None,
+        keep_unscored=keep_unscored,
+        keep_scores=keep_scores,
+        counts={**counts, "removed_by_status": removed_by_status},
+        input=(folder.manifest.get("input") or {}) | {"columns": list(folder.original_columns)},
+        scores={
             "path": str(folder.path.resolve()),
             "fingerprint": table_fingerprint(table),
             "spec_version": folder.manifest.get("spec_version"),
             "convention": folder.manifest.get("convention"),
             "model": folder.manifest.get("model"),
             "created_at": folder.manifest.get("created_at"),
+            "schema_version": folder.manifest.get("schema_version", 0),
         },
-        "shards": [str(p.relative_to(output)) for p in kept_paths],
-        "removed": (
+        shards=[str(p.relative_to(output)) for p in kept_paths],
+        removed=(
             {
                 "path": str(removed_path.resolve()),
                 "shards": [str(p.relative_to(removed_path)) for p in removed_paths],
@@ -341,31 +208,34 @@ def filter_scores(
             if removed_path is not None
             else None
         ),
-    }
+    )
     result = FilterResult(
-        output=output, removed_output=removed_path, selection=selection, manifest=manifest
+        output=output, removed_output=removed_path, selection=selection, manifest={}
     )
     if report:
-        from . import report as report_mod
-
-        data = report_mod.build_report(
-            folder, top=report_top, by=rule.by, table=table, filter_info=manifest,
+        data = build_report(
+            folder, top=report_top, by=rule.by, table=table, filter_info=manifest.to_dict(),
             selection=selection,
         )
         for fmt, name in REPORT_FILES.items():
-            target = output / name
-            atomic_write_bytes(target, report_mod.render(data, fmt).encode("utf-8"))
-            result.report_paths[fmt] = target
-        manifest["report"] = {fmt: p.name for fmt, p in result.report_paths.items()}
-    if removed_path is not None:
-        removed_manifest = dict(manifest, kind="filter-removed", shards=manifest["removed"]["shards"])
-        atomic_write_bytes(
-            removed_path / MANIFEST_NAME, (json.dumps(removed_manifest, indent=2) + "\n").encode()
+            result.report_paths[fmt] = write_report(data, output / name, fmt)
+        manifest.report = {fmt: p.name for fmt, p in result.report_paths.items()}
+    if removed_path is not None and manifest.removed is not None:
+        write_manifest(
+            removed_path,
+            replace(manifest, kind="filter-removed", shards=list(manifest.removed["shards"])),
         )
     # The manifest goes last: its presence marks the output complete.
-    atomic_write_bytes(output / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_manifest(output, manifest)
+    result.manifest = manifest.to_dict()
     emit(f"wrote {counts['kept']:,} rows to {output}")
     return result
+
+
+def default_scores_output(output: Path | str) -> Path:
+    """Where ``ches filter DATASET -o OUT`` keeps the scores it makes: ``OUT.scores`` beside OUT."""
+    output = Path(output)
+    return output.with_name(output.name + ".scores")
 
 
 def filter_dataset(
@@ -373,7 +243,7 @@ def filter_dataset(
     *,
     output: Path | str,
     rule: Rule,
-    scores_output: Path | str,
+    scores_output: Path | str | None = None,
     scoring: dict[str, Any] | None = None,
     overwrite_scores: bool = False,
     log: Log | None = None,
@@ -381,18 +251,77 @@ def filter_dataset(
 ) -> FilterResult:
     """Score ``dataset`` into ``scores_output`` (``ches score``), then filter those scores.
 
-    ``scoring`` holds the ``ches score`` model options (model, dtype, device, max_length,
-    batch_size; None = the default). Every output folder is checked before the model loads.
+    ``scoring`` holds the ``ches score`` options (model, dtype, device, max_length,
+    max_batch_tokens, …; None = the default); ``scores_output`` defaults to
+    :func:`default_scores_output`. Every output folder is checked, and nothing is written,
+    before the model loads. When ``scores_output`` already holds a finished scoring of the same
+    input with the same model and options, it is reused, not rescored; when it holds other
+    scores, ``overwrite_scores`` replaces them (otherwise an OutputError says so).
     """
-    from .pipeline import score_dataset
+    from .pipeline import existing_result, plan_scoring, run_scoring
 
-    output, scores_output = Path(output), Path(scores_output)
-    _check_paths(scores_output, output, filter_options.get("removed"))
+    emit = log or (lambda _msg: None)
+    output = Path(output)
+    scores_output = Path(scores_output) if scores_output is not None else default_scores_output(output)
+    removed = filter_options.pop("removed", None)
+    removed_path = Path(removed) if removed is not None else None
     overwrite = bool(filter_options.get("overwrite", False))
-    prepare_output_dir(output, overwrite=overwrite)
-    removed = filter_options.get("removed")
-    if removed is not None:
-        prepare_output_dir(Path(removed), overwrite=overwrite)
-    score_dataset(dataset, output=scores_output, log=log, overwrite=overwrite_scores,
-                  **{k: v for k, v in (scoring or {}).items() if v is not None})
-    return filter_scores(scores_output, output=output, rule=rule, log=log, **filter_options)
+    _check_paths(scores_output, output, removed_path)
+    check_output_dir(output, overwrite=overwrite)
+    if removed_path is not None:
+        check_output_dir(removed_path, overwrite=overwrite)
+    existing = is_score_output(scores_output)
+    plan = plan_scoring(
+        dataset, output=scores_output, overwrite=overwrite_scores or existing,
+        **{k: v for k, v in (scoring or {}).items() if v is not None},
+    )
+    if existing and plan.output_holds_these_scores():
+        emit(f"reusing the scores in {scores_output} (same input, model and options)")
+        existing_result(plan)
+    elif existing and not overwrite_scores:
+        raise OutputError(
+            f"{scores_output} holds scores of another input, model or options",
+            hint="pass --overwrite to rescore into it, or choose another --scores-output",
+        )
+    else:
+        run_scoring(plan, log=log)
+    return filter_scores(
+        scores_output, output=output, rule=rule, removed=removed_path, log=log, **filter_options
+    )
+
+
+def filter_input(
+    source: Path | str,
+    *,
+    output: Path | str,
+    rule: Rule,
+    scores_output: Path | str | None = None,
+    scoring: dict[str, Any] | None = None,
+    log: Log | None = None,
+    **filter_options: Any,
+) -> FilterResult:
+    """``ches filter``: filter a ``ches score`` output (no model is loaded), or score a dataset
+    first (:func:`filter_dataset`) when ``source`` holds no scores.
+
+    Scoring options (``scoring`` values, ``scores_output``) with a scores folder are an
+    OptionError: filtering never rescores.
+    """
+    emit = log or (lambda _msg: None)
+    scoring = {k: v for k, v in (scoring or {}).items() if v is not None}
+    if has_score_shards(source):
+        given = [f"--{k.replace('_', '-')}" for k in scoring]
+        if scores_output is not None:
+            given.append("--scores-output")
+        if given:
+            raise OptionError(
+                f"{', '.join(given)} only apply when scoring a dataset; {source} already holds "
+                "scores, and filtering never rescores",
+                hint="drop those options (changing the rule costs seconds), or run `ches score`",
+            )
+        return filter_scores(source, output=output, rule=rule, log=log, **filter_options)
+    target = Path(scores_output) if scores_output is not None else default_scores_output(output)
+    emit(f"{source} has no scores: scoring it first into {target}")
+    return filter_dataset(
+        source, output=output, rule=rule, scores_output=target, scoring=scoring,
+        overwrite_scores=bool(filter_options.get("overwrite", False)), log=log, **filter_options,
+    )

@@ -13,42 +13,66 @@ thread (:class:`~ches_filter.data.shards.ShardWriter`). Every input row appears 
 once, in source order, with a ``status``; rows that can't be scored carry a ``reason`` and null
 scores. Identical responses never reach the model.
 
-Use :func:`score_dataset` for a dataset on disk or on the hub, :func:`score_pairs` for a few
-pairs in memory (a notebook).
+A run has three parts. :func:`plan_scoring` turns the options into a checked
+:class:`ScorePlan` (no model load). :func:`run_scoring` carries it out: each window goes through
+separate steps, :func:`extract_window` (layout) → :func:`tokenise_window` →
+:func:`score_window` (runner and scores) → :func:`output_rows` → the shard writer, which a resume
+or a distributed executor can drive on its own. :func:`summarise_output` then reads the summary
+back from the written shards (the score columns only), so no list of every score is kept.
+
+Use :func:`score_dataset` (plan + run) for a dataset on disk or on the hub, :func:`score_pairs`
+for a few pairs in memory (a notebook).
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ches_filter import score_registry
 from ches_filter.data.layouts import Layout, LayoutOptions, detect_layout
+from ches_filter.data.manifest import ScoreManifest, environment, read_manifest, write_manifest
+from ches_filter.data.score_folder import (
+    ScoreFolder,
+    is_score_output,
+    read_scores,
+    score_array,
+    shard_paths,
+)
 from ches_filter.data.shards import (
-    MANIFEST_NAME,
     SCORE_COLUMNS,
     ShardWriter,
-    atomic_write_bytes,
+    check_output_dir,
     output_schema,
     prepare_output_dir,
 )
 from ches_filter.data.sources import RowSource, SourceSpec, open_source
-from ches_filter.errors import DatasetError, OptionError
+from ches_filter.errors import ChesError, DatasetError, OptionError
+from ches_filter.model.fingerprint import weights_fingerprint
 from ches_filter.model.host_memory import retain_freed_memory
-from ches_filter.model.load import LoadedModel, ModelSpec, load_model, pick_device, resolve_model
+from ches_filter.model.load import (
+    LoadedModel,
+    ModelSpec,
+    ResolvedModel,
+    load_model,
+    pick_device,
+    resolve_model,
+)
 from ches_filter.model.runner import DEFAULT_MAX_BATCH_TOKENS, ENGINES, HiddenStateRunner
 from ches_filter.records import PairScores, PreferencePair, RowProblem, Status, TokenizedPair
 from ches_filter.scores import score_identical, score_pair
+from ches_filter.selection import rankable_mask, risk_order
 from ches_filter.tokenization import (
     PairTokenizer,
     TokenizationOptions,
@@ -62,7 +86,7 @@ SPEC_VERSION = "1"
 DEFAULT_WINDOW = 256  # pairs read, tokenised and scored together (bounds memory)
 WINDOWS_AHEAD = 2  # windows tokenised by worker processes before the model reaches them
 DEFAULT_ROWS_PER_SHARD = 10_000
-SUMMARY_SCORES = ("ches", "ln_ches", "last_hidden_inner", "edit_distance")
+SUMMARY_SCORES = score_registry.SUMMARISED
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0)
 TOP_PAIRS = 5
 EXCERPT_CHARS = 80
@@ -92,66 +116,14 @@ class ScoreResult:
 
 @dataclass
 class _Totals:
-    """Running counts and score values for the manifest and the summary table."""
+    """Running counts while scoring (the progress bar); the summary is read from the shards."""
 
-    by_status: Counter[str] = field(default_factory=Counter)
-    values: dict[str, list[float]] = field(
-        default_factory=lambda: {name: [] for name in SUMMARY_SCORES}
-    )
-    top: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)  # min-heap
     rows: int = 0
-    truncated: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
 
-    def add(self, scores: PairScores, pair: PreferencePair | None) -> None:
+    def add(self, scores: PairScores) -> None:
         self.rows += 1
         self.by_status[scores.status.value] += 1
-        self.truncated += bool(scores.truncated)
-        if scores.status is not Status.OK:
-            return
-        for name in SUMMARY_SCORES:
-            value = getattr(scores, name)
-            if value is not None:
-                self.values[name].append(value)
-        if scores.ln_ches is None or pair is None:
-            return
-        key = (scores.ln_ches, -scores.row_id)
-        if len(self.top) < TOP_PAIRS or key > self.top[0][:2]:
-            entry = {
-                "row_id": scores.row_id,
-                "ln_ches": scores.ln_ches,
-                "ches": scores.ches,
-                "edit_distance": scores.edit_distance,
-                "prompt": excerpt(pair.prompt[-1].content if pair.prompt else pair.prompt_text),
-                "chosen": excerpt(pair.chosen),
-                "rejected": excerpt(pair.rejected),
-            }
-            item = (key[0], key[1], entry)
-            if len(self.top) < TOP_PAIRS:
-                heapq.heappush(self.top, item)
-            else:
-                heapq.heapreplace(self.top, item)
-
-    def summary(self) -> dict[str, Any]:
-        quantiles: dict[str, dict[str, float] | None] = {}
-        for name, values in self.values.items():
-            if not values:
-                quantiles[name] = None
-                continue
-            array = np.asarray(values, dtype=np.float64)
-            points = np.quantile(array, QUANTILES)
-            quantiles[name] = {_quantile_name(q): float(v) for q, v in zip(QUANTILES, points, strict=False)}
-            quantiles[name]["mean"] = float(array.mean())
-        top = [entry for _, _, entry in sorted(self.top, key=lambda item: item[:2], reverse=True)]
-        scored = sum(n for status, n in self.by_status.items() if status == Status.OK.value)
-        return {
-            "rows": self.rows,
-            "scored": scored,
-            "unscored": self.rows - scored,
-            "truncated": self.truncated,
-            "by_status": dict(sorted(self.by_status.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "quantiles": quantiles,
-            "top": top,
-        }
 
 
 def _quantile_name(q: float) -> str:
@@ -204,6 +176,7 @@ class PairScorer:
     ) -> None:
         self.loaded = loaded
         self.tokenizer = PairTokenizer(loaded.tokenizer, tokenization)
+        self.tokenizer.prepare_model(loaded.model)  # --compat official's added tokens, if any
         if loaded.device.type == "cpu":  # large activations: no page faults per layer
             retain_freed_memory()
         self.runner = HiddenStateRunner(loaded, max_batch_tokens=max_batch_tokens, mode=engine, log=log)
@@ -219,16 +192,8 @@ class PairScorer:
         for index, item in enumerate(encoded):
             if isinstance(item, RowProblem):
                 results[index] = PairScores(row_id=item.row_id, status=item.status, reason=item.reason)
-            elif item.truncation_collapsed:
-                results[index] = score_identical(
-                    item,
-                    status=Status.TRUNCATED_IDENTICAL,
-                    reason="the responses differ only past --max-length: identical as scored",
-                )
-            elif item.identical:
-                results[index] = score_identical(
-                    item, status=Status.IDENTICAL, reason="chosen and rejected are identical"
-                )
+            elif (degenerate := item.degeneracy()) is not None:  # equal summed states: no model
+                results[index] = score_identical(item, status=degenerate.status, reason=degenerate.reason)
             else:
                 to_run.append((index, item))
         sums = self.runner.run([pair for _, pair in to_run])
@@ -246,6 +211,7 @@ class ScoreOptions:
     chosen_field: str | None = None
     rejected_field: str | None = None
     label_policy: str = "better"
+    ranking_pair: str | None = None  # the ranking layout's pair: first-second (default), first-last
     use_chat_template: bool = True
     max_length: int | None = None
     convention: str = "default"
@@ -259,6 +225,7 @@ class ScoreOptions:
             chosen_field=self.chosen_field,
             rejected_field=self.rejected_field,
             label_policy=self.label_policy,
+            ranking_pair=self.ranking_pair,
         )
 
     def tokenization_options(self) -> TokenizationOptions:
@@ -298,18 +265,185 @@ def _model_info(loaded: LoadedModel, pair_tokenizer: PairTokenizer) -> dict[str,
         "tokenization": pair_tokenizer.description,
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
         "chat_template_fingerprint": chat_template_fingerprint(loaded.tokenizer),
+        "weights_fingerprint": weights_fingerprint(loaded.resolved, revision=loaded.spec.revision),
     }
 
 
-def _tool() -> dict[str, str]:
-    from ches_filter import __version__
-
-    return {"name": "ches-filter", "version": __version__}
+# -- plan: options -> a checked plan, before any model is loaded --------------------------------
 
 
-def _windows(
+@dataclass
+class ScorePlan:
+    """A scoring run with everything checked that can be checked without the model.
+
+    Made by :func:`plan_scoring`, carried out by :func:`run_scoring`. The source is open and its
+    layout detected, the output's schema known, the model found (not loaded), the device
+    checked and the output folder checked (it is emptied when the run starts).
+    """
+
+    dataset: str
+    source: RowSource
+    layout: Layout
+    options: ScoreOptions
+    spec: ModelSpec
+    resolved: ResolvedModel
+    output: Path
+    schema: pa.Schema
+    input_options: dict[str, Any]  # split, config, revision, limit, sample, seed
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    window: int = DEFAULT_WINDOW
+    tokenizer_workers: int | None = None
+    overwrite: bool = False
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+    started: float = field(default_factory=time.perf_counter)
+    _input_fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def input_fingerprint(self) -> str:
+        if self._input_fingerprint is None:
+            self._input_fingerprint = self.source.fingerprint()
+        return self._input_fingerprint
+
+    def fingerprint(self) -> str:
+        """SHA-256 over what decides the scores: the input's content and selection, the score
+        options, the model asked for and the spec version (not the weights' bytes: see
+        ``model.weights_fingerprint`` in the manifest for those)."""
+        payload = {
+            "spec_version": SPEC_VERSION,
+            "input": self.input_fingerprint,
+            "input_options": self.input_options,
+            "options": asdict(self.options),
+            "model": asdict(self.spec) | {"resolved": self.resolved.model_id},
+        }
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def input_info(self) -> dict[str, Any]:
+        """The manifest's ``input`` section."""
+        sample = self.input_options["sample"]
+        return {
+            "dataset": self.dataset,
+            "description": self.source.description,
+            "split": self.source.split,
+            "config": self.input_options["config"],
+            "revision": self.input_options["revision"],
+            "limit": self.input_options["limit"],
+            "sample": sample,
+            "seed": self.input_options["seed"] if sample is not None else None,
+            "fingerprint": self.input_fingerprint,
+            "layout": self.layout.name,
+            "layout_description": self.layout.description,
+            "columns": self.source.columns(),
+            "json_columns": self.source.json_columns(),
+        }
+
+    def output_holds_these_scores(self) -> bool:
+        """The output folder is a finished ``ches score`` output of exactly this plan."""
+        if not is_score_output(self.output):
+            return False
+        try:
+            manifest = read_manifest(self.output)
+        except ChesError:
+            return False
+        return isinstance(manifest, ScoreManifest) and manifest.plan_fingerprint == self.fingerprint()
+
+
+def plan_scoring(
+    dataset: str | Path,
+    *,
+    output: str | Path,
+    split: str | None = None,
+    config: str | None = None,
+    revision: str | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    keep_json_columns: bool = False,
+    model: str | ModelSpec | None = None,
+    model_revision: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool | None = None,
+    options: ScoreOptions | None = None,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    window: int = DEFAULT_WINDOW,
+    tokenizer_workers: int | None = None,
+    overwrite: bool = False,
+    command: Sequence[str] | None = None,
+    **option_values: Any,
+) -> ScorePlan:
+    """Check every option, open the source, detect its layout, find the model and check the
+    output folder; load nothing. Raises a ``ChesError`` for bad input (the arguments are
+    :func:`score_dataset`'s)."""
+    started = time.perf_counter()
+    if options is None:
+        known = {f for f in ScoreOptions.__dataclass_fields__}
+        unknown = sorted(set(option_values) - known)
+        if unknown:
+            raise OptionError(f"unknown score option(s): {', '.join(unknown)}")
+        options = ScoreOptions(**{k: v for k, v in option_values.items() if v is not None})
+    elif option_values:
+        raise OptionError("pass either options=ScoreOptions(...) or option keywords, not both")
+    options.check()
+    if window < 1:
+        raise OptionError(f"window must be at least 1, not {window}")
+    if tokenizer_workers is not None and tokenizer_workers < 0:
+        raise OptionError(f"--tokenizer-workers must be at least 0, not {tokenizer_workers}")
+    if rows_per_shard < 1:  # ShardWriter would say so too, but only after the model loaded
+        raise OptionError(f"--rows-per-shard must be at least 1, not {rows_per_shard}")
+    spec = _model_spec(
+        model, revision=model_revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+    )
+    source = open_source(
+        SourceSpec(str(dataset), split=split, config=config, revision=revision),
+        limit=limit,
+        sample=sample,
+        seed=seed,
+        keep_json_columns=keep_json_columns,
+    )
+    if not source.columns():
+        raise DatasetError(f"{source.description} has no rows: nothing to score")
+    layout = detect_layout(source.columns(), source.peek(100), options.layout_options())
+    schema = output_schema(source.arrow_schema())
+    resolved = resolve_model(spec)
+    pick_device(spec.device)  # a bad or unavailable --device fails before the model loads
+    output = Path(output)
+    check_output_dir(output, overwrite=overwrite)
+    return ScorePlan(
+        dataset=str(dataset),
+        source=source,
+        layout=layout,
+        options=options,
+        spec=spec,
+        resolved=resolved,
+        output=output,
+        schema=schema,
+        input_options={"split": split, "config": config, "revision": revision, "limit": limit,
+                       "sample": sample, "seed": seed, "keep_json_columns": keep_json_columns},
+        rows_per_shard=rows_per_shard,
+        window=window,
+        tokenizer_workers=tokenizer_workers,
+        overwrite=overwrite,
+        command=list(command) if command is not None else list(sys.argv),
+        started=started,
+    )
+
+
+# -- run: windows through extract -> tokenise -> runner + scorer -> writer ------------------------
+
+
+@dataclass
+class Window:
+    """A slice of the source in flight: its rows, what the layout made of them, their tokens."""
+
+    rows: list[tuple[int, dict[str, Any]]]  # (row_id, row) in source order
+    items: list[PreferencePair | RowProblem]
+    encoded: EncodedWindow | None = None
+
+
+def read_windows(
     source: Iterable[tuple[int, dict[str, Any]]], size: int
-) -> Iterable[list[tuple[int, dict[str, Any]]]]:
+) -> Iterator[list[tuple[int, dict[str, Any]]]]:
     """``(row_id, row)`` pairs of the source, ``size`` at a time."""
     window: list[tuple[int, dict[str, Any]]] = []
     for item in source:
@@ -319,6 +453,247 @@ def _windows(
             window = []
     if window:
         yield window
+
+
+def extract_window(layout: Layout, rows: list[tuple[int, dict[str, Any]]]) -> Window:
+    """Step 1: each row as a :class:`PreferencePair`, or the :class:`RowProblem` it has."""
+    return Window(rows=rows, items=[layout.extract(row_id, row) for row_id, row in rows])
+
+
+def tokenise_window(window: Window, pool: TokenizerPool) -> Window:
+    """Step 2: hand the pairs to the tokeniser pool (worker processes, or inline)."""
+    window.encoded = pool.submit(window.items)
+    return window
+
+
+def score_window(scorer: PairScorer, window: Window) -> list[PairScores]:
+    """Step 3: forward passes (the runner) and the spec's math (the scorer), in row order."""
+    if window.encoded is None:
+        return scorer.score(window.items)
+    return scorer.score_encoded(window.encoded.result())
+
+
+def output_rows(window: Window, scores: Sequence[PairScores]) -> list[dict[str, Any]]:
+    """Step 4: each row's original fields followed by its score columns, for the writer."""
+    out = []
+    for (_, row), item, row_scores in zip(window.rows, window.items, scores, strict=True):
+        pair = item if isinstance(item, PreferencePair) else None
+        out.append({**row, **_score_columns(row_scores, pair_id(pair, row))})
+    return out
+
+
+def run_scoring(
+    plan: ScorePlan,
+    *,
+    log: Log | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    loaded: LoadedModel | None = None,
+) -> ScoreResult:
+    """Carry out ``plan``: empty the output folder, load the model (unless ``loaded`` is given),
+    stream the windows through the steps, then write the manifest and read the summary back
+    from the shards."""
+    log = log or (lambda message: None)
+    prepare_output_dir(plan.output, overwrite=plan.overwrite)
+    if loaded is None:
+        loaded = load_model(plan.spec, log=log)
+    options = plan.options
+    scorer = PairScorer(
+        loaded,
+        options.tokenization_options(),
+        max_batch_tokens=options.max_batch_tokens,
+        engine=options.engine,
+        log=log,
+    )
+    load_s = time.perf_counter() - plan.started
+
+    workers = auto_workers(loaded.device.type) if plan.tokenizer_workers is None else plan.tokenizer_workers
+    if workers:
+        log(f"tokenising in {workers} worker process{'es' if workers > 1 else ''} ahead of the model")
+    totals = _Totals()
+    rows_total = plan.source.count()
+    scoring_started = time.perf_counter()
+    if progress is not None:
+        progress(Progress(0, rows_total, 0, 0.0))
+
+    def finish(window: Window) -> None:
+        scores = score_window(scorer, window)
+        for row_scores in scores:
+            totals.add(row_scores)
+        writer.write_rows(output_rows(window, scores))
+        if progress is not None:
+            progress(
+                Progress(
+                    totals.rows,
+                    rows_total,
+                    scorer.runner.stats.real_tokens,
+                    time.perf_counter() - scoring_started,
+                )
+            )
+
+    # Windows are tokenised up to ``ahead`` windows before the model reaches them (by the
+    # workers, while the model runs), scored in source order, and written by the writer's thread.
+    ahead = WINDOWS_AHEAD if workers else 0
+    pending: deque[Window] = deque()
+    with (
+        TokenizerPool(scorer.tokenizer, workers) as pool,
+        ShardWriter(
+            plan.output, split=plan.source.split, schema=plan.schema, rows_per_shard=plan.rows_per_shard
+        ) as writer,
+    ):
+        for rows in read_windows(plan.source, plan.window):
+            pending.append(tokenise_window(extract_window(plan.layout, rows), pool))
+            if len(pending) > ahead:
+                finish(pending.popleft())
+        while pending:
+            finish(pending.popleft())
+        shards = writer.close()
+    scoring_s = time.perf_counter() - scoring_started
+
+    summary = summarise_output(plan.output, plan.layout, plan.source.columns())
+    stats = scorer.runner.stats
+    timing = {
+        "load_s": round(load_s, 3),
+        "scoring_s": round(scoring_s, 3),
+        "total_s": round(time.perf_counter() - plan.started, 3),
+        "pairs_per_s": round(totals.rows / scoring_s, 3) if scoring_s > 0 else None,
+        "tokens_per_s": round(stats.real_tokens / scoring_s, 1) if scoring_s > 0 else None,
+    }
+    manifest = ScoreManifest(
+        spec_version=SPEC_VERSION,
+        convention=options.convention,
+        command=plan.command,
+        environment=environment(loaded.device),
+        model=_model_info(loaded, scorer.tokenizer),
+        input=plan.input_info(),
+        options={
+            "layout": options.layout,
+            "prompt_field": options.prompt_field,
+            "chosen_field": options.chosen_field,
+            "rejected_field": options.rejected_field,
+            "label_policy": options.label_policy,
+            "ranking_pair": options.ranking_pair,
+            "use_chat_template": options.use_chat_template,
+            "max_length": scorer.tokenizer.max_length,
+            "convention": options.convention,
+            "max_batch_tokens": options.max_batch_tokens,
+            "engine": options.engine,
+        },
+        counts={
+            "read": summary["rows"],
+            "scored": summary["scored"],
+            "unscored": summary["unscored"],
+            "truncated": summary["truncated"],
+            "by_status": summary["by_status"],
+        },
+        engine={
+            "mode": scorer.runner.mode,
+            "description": scorer.runner.describe(),
+            "forward_calls": stats.forward_calls,
+            "sequences": stats.sequences,
+            "real_tokens": stats.real_tokens,
+            "padded_tokens": stats.padded_tokens,
+            "pair_tokens": stats.pair_tokens,
+            "window_prefixes": stats.window_prefixes,
+            "prefix_tokens_saved": stats.prefix_tokens_saved,
+            "oom_retries": stats.oom_retries,
+            "tokenizer_workers": workers,
+        },
+        timing=timing,
+        shards=[str(path.relative_to(plan.output)) for path in shards],
+        schema={name: str(plan.schema.field(name).type) for name in plan.schema.names},
+        plan_fingerprint=plan.fingerprint(),
+    )
+    write_manifest(plan.output, manifest)
+    summary = {**summary, "output": str(plan.output), "timing": timing, "model": manifest.model["id"]}
+    return ScoreResult(output=plan.output, shards=shards, manifest=manifest.to_dict(), summary=summary)
+
+
+def existing_result(plan: ScorePlan) -> ScoreResult:
+    """The result of an earlier run of ``plan`` (see :meth:`ScorePlan.output_holds_these_scores`)."""
+    folder = ScoreFolder.open(plan.output)
+    summary = summarise_output(plan.output, plan.layout, folder.original_columns)
+    model = (folder.manifest.get("model") or {}).get("id")
+    summary = {**summary, "output": str(plan.output), "timing": folder.manifest.get("timing") or {},
+               "model": model}
+    return ScoreResult(output=plan.output, shards=list(folder.shards), manifest=folder.manifest,
+                       summary=summary)
+
+
+# -- summary: read back from the written shards ---------------------------------------------------
+
+
+def summarise_output(
+    output: Path,
+    layout: Layout | None = None,
+    original_columns: Sequence[str] = (),
+    *,
+    top: int = TOP_PAIRS,
+) -> dict[str, Any]:
+    """Counts by status, quantiles of the summarised scores over ``ok`` rows and the ``top``
+    riskiest pairs by the default score, from the shards of ``output``: only the score columns
+    are read, then the ``original_columns`` of the ``top`` rows, which ``layout`` turns back
+    into pairs for their excerpts (no ``layout``: no top pairs)."""
+    names = list(dict.fromkeys(["row_id", "status", "truncated", *SUMMARY_SCORES, score_registry.DEFAULT_BY]))
+    table = read_scores(output, columns=names)
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    ok = status == Status.OK.value
+    counts = Counter(status.tolist())
+    truncated = table.column("truncated").to_numpy(zero_copy_only=False)
+    quantiles: dict[str, dict[str, float] | None] = {}
+    for name in SUMMARY_SCORES:
+        present = ok & table.column(name).is_valid().to_numpy(zero_copy_only=False)
+        values = score_array(table, name)[present]
+        if values.size == 0:
+            quantiles[name] = None
+            continue
+        points = np.quantile(values, QUANTILES)
+        quantiles[name] = {_quantile_name(q): float(v) for q, v in zip(QUANTILES, points, strict=True)}
+        quantiles[name]["mean"] = float(values.mean())
+    scored = int(ok.sum())
+    return {
+        "rows": int(table.num_rows),
+        "scored": scored,
+        "unscored": int(table.num_rows) - scored,
+        "truncated": int(np.sum(truncated == True)),  # noqa: E712 (object array with None)
+        "by_status": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "quantiles": quantiles,
+        "top": _top_pairs(output, table, layout, list(original_columns), top) if layout else [],
+    }
+
+
+def _top_pairs(
+    output: Path, table: pa.Table, layout: Layout, original_columns: list[str], top: int
+) -> list[dict[str, Any]]:
+    by = score_registry.DEFAULT_BY
+    row_id = table.column("row_id").to_numpy()
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    score = score_array(table, by)
+    ranked = np.flatnonzero(rankable_mask(status, score))
+    order = ranked[risk_order(row_id[ranked], score[ranked], lower_is_riskier=score_registry.lower_is_riskier(by))]
+    chosen = order[:top]
+    if chosen.size == 0:
+        return []
+    ids = [int(row_id[i]) for i in chosen]
+    rows: dict[int, dict[str, Any]] = {}
+    wanted = [*original_columns, "row_id", *score_registry.TOP_TABLE]
+    for shard in shard_paths(output):
+        found = pq.read_table(shard, columns=list(dict.fromkeys(wanted)), filters=[("row_id", "in", ids)])
+        for row in found.to_pylist():
+            rows[int(row["row_id"])] = row
+    entries = []
+    for rid in ids:
+        row = rows[rid]
+        item = layout.extract(rid, {name: row[name] for name in original_columns})
+        pair = item if isinstance(item, PreferencePair) else None
+        entry: dict[str, Any] = {"row_id": rid, **{name: row[name] for name in score_registry.TOP_TABLE}}
+        if pair is not None:
+            entry |= {
+                "prompt": excerpt(pair.prompt[-1].content if pair.prompt else pair.prompt_text),
+                "chosen": excerpt(pair.chosen),
+                "rejected": excerpt(pair.rejected),
+            }
+        entries.append(entry)
+    return entries
 
 
 def score_dataset(
@@ -356,181 +731,20 @@ def score_dataset(
     processes tokenising ahead of the model (None: none on a CPU, one per spare core up to 8 on
     an accelerator; the scores do not depend on it). ``keep_json_columns``: store a column that
     no Arrow type holds exactly as the JSON text of each value, instead of failing (see
-    docs/formats.md). Raises a ``ChesError`` for bad input before any model is loaded.
+    docs/formats.md). Raises a ``ChesError`` for bad input before any model is loaded. The same
+    as ``run_scoring(plan_scoring(...))``.
     """
-    started = time.perf_counter()
-    log = log or (lambda message: None)
-    if options is None:
-        known = {f for f in ScoreOptions.__dataclass_fields__}
-        unknown = sorted(set(option_values) - known)
-        if unknown:
-            raise OptionError(f"unknown score option(s): {', '.join(unknown)}")
-        options = ScoreOptions(**{k: v for k, v in option_values.items() if v is not None})
-    elif option_values:
-        raise OptionError("pass either options=ScoreOptions(...) or option keywords, not both")
-    options.check()
-    if window < 1:
-        raise OptionError(f"window must be at least 1, not {window}")
-    if tokenizer_workers is not None and tokenizer_workers < 0:
-        raise OptionError(f"--tokenizer-workers must be at least 0, not {tokenizer_workers}")
-    if rows_per_shard < 1:  # ShardWriter would say so too, but only after the model loaded
-        raise OptionError(f"--rows-per-shard must be at least 1, not {rows_per_shard}")
-    spec = _model_spec(
-        model, revision=model_revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+    plan = plan_scoring(
+        dataset, output=output, split=split, config=config, revision=revision, limit=limit,
+        sample=sample, seed=seed, keep_json_columns=keep_json_columns, model=model,
+        model_revision=model_revision, dtype=dtype,
+        device=device, trust_remote_code=trust_remote_code, options=options,
+        rows_per_shard=rows_per_shard, window=window, tokenizer_workers=tokenizer_workers,
+        overwrite=overwrite, command=command, **option_values,
     )
-
-    # -- everything checked before the model loads ------------------------------------------
-    source = open_source(
-        SourceSpec(str(dataset), split=split, config=config, revision=revision),
-        limit=limit,
-        sample=sample,
-        seed=seed,
-        keep_json_columns=keep_json_columns,
-    )
-    if not source.columns():
-        raise DatasetError(f"{source.description} has no rows: nothing to score")
-    layout = detect_layout(source.columns(), source.peek(100), options.layout_options())
-    schema = output_schema(source.arrow_schema())
-    resolve_model(spec)
-    pick_device(spec.device)  # a bad or unavailable --device fails before the model loads
-    output = Path(output)
-    prepare_output_dir(output, overwrite=overwrite)
     if on_detected is not None:
-        on_detected(source, layout)
-
-    loaded = load_model(spec, log=log)
-    scorer = PairScorer(
-        loaded,
-        options.tokenization_options(),
-        max_batch_tokens=options.max_batch_tokens,
-        engine=options.engine,
-        log=log,
-    )
-    load_s = time.perf_counter() - started
-
-    workers = auto_workers(loaded.device.type) if tokenizer_workers is None else tokenizer_workers
-    if workers:
-        log(f"tokenising in {workers} worker process{'es' if workers > 1 else ''} ahead of the model")
-    totals = _Totals()
-    rows_total = source.count()
-    scoring_started = time.perf_counter()
-    if progress is not None:
-        progress(Progress(0, rows_total, 0, 0.0))
-
-    def finish(
-        window_rows: list[tuple[int, dict[str, Any]]],
-        items: list[PreferencePair | RowProblem],
-        encoded: EncodedWindow,
-    ) -> None:
-        scored = scorer.score_encoded(encoded.result())
-        out_rows = []
-        # Every field of every row is written (the writer checks each fits the schema exactly).
-        for (_, row), item, scores in zip(window_rows, items, scored, strict=True):
-            pair = item if isinstance(item, PreferencePair) else None
-            totals.add(scores, pair)
-            out_rows.append({**row, **_score_columns(scores, pair_id(pair, row))})
-        writer.write_rows(out_rows)
-        if progress is not None:
-            progress(
-                Progress(
-                    totals.rows,
-                    rows_total,
-                    scorer.runner.stats.real_tokens,
-                    time.perf_counter() - scoring_started,
-                )
-            )
-
-    # Windows are tokenised up to ``ahead`` windows before the model reaches them (by the
-    # workers, while the model runs), scored in source order, and written by the writer's thread.
-    ahead = WINDOWS_AHEAD if workers else 0
-    pending: deque[tuple[list[tuple[int, dict[str, Any]]], list[PreferencePair | RowProblem], EncodedWindow]] = (
-        deque()
-    )
-    with (
-        TokenizerPool(scorer.tokenizer, workers) as pool,
-        ShardWriter(output, split=source.split, schema=schema, rows_per_shard=rows_per_shard) as writer,
-    ):
-        for window_rows in _windows(source, window):
-            items = [layout.extract(row_id, row) for row_id, row in window_rows]
-            pending.append((window_rows, items, pool.submit(items)))
-            if len(pending) > ahead:
-                finish(*pending.popleft())
-        while pending:
-            finish(*pending.popleft())
-        shards = writer.close()
-    scoring_s = time.perf_counter() - scoring_started
-
-    summary = totals.summary()
-    stats = scorer.runner.stats
-    timing = {
-        "load_s": round(load_s, 3),
-        "scoring_s": round(scoring_s, 3),
-        "total_s": round(time.perf_counter() - started, 3),
-        "pairs_per_s": round(totals.rows / scoring_s, 3) if scoring_s > 0 else None,
-        "tokens_per_s": round(stats.real_tokens / scoring_s, 1) if scoring_s > 0 else None,
-    }
-    manifest = {
-        "kind": "scores",
-        "spec_version": SPEC_VERSION,
-        "convention": options.convention,
-        "tool": _tool(),
-        "command": list(command) if command is not None else list(sys.argv),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": _model_info(loaded, scorer.tokenizer),
-        "input": {
-            "dataset": str(dataset),
-            "description": source.description,
-            "split": source.split,
-            "config": config,
-            "revision": revision,
-            "limit": limit,
-            "sample": sample,
-            "seed": seed if sample is not None else None,
-            "fingerprint": source.fingerprint(),
-            "layout": layout.name,
-            "layout_description": layout.description,
-            "columns": source.columns(),
-            "json_columns": source.json_columns(),
-        },
-        "options": {
-            "layout": options.layout,
-            "prompt_field": options.prompt_field,
-            "chosen_field": options.chosen_field,
-            "rejected_field": options.rejected_field,
-            "label_policy": options.label_policy,
-            "use_chat_template": options.use_chat_template,
-            "max_length": scorer.tokenizer.max_length,
-            "convention": options.convention,
-            "max_batch_tokens": options.max_batch_tokens,
-            "engine": options.engine,
-        },
-        "counts": {
-            "read": totals.rows,
-            "scored": summary["scored"],
-            "unscored": summary["unscored"],
-            "truncated": summary["truncated"],
-            "by_status": summary["by_status"],
-        },
-        "engine": {
-            "mode": scorer.runner.mode,
-            "description": scorer.runner.describe(),
-            "forward_calls": stats.forward_calls,
-            "sequences": stats.sequences,
-            "real_tokens": stats.real_tokens,
-            "padded_tokens": stats.padded_tokens,
-            "pair_tokens": stats.pair_tokens,
-            "window_prefixes": stats.window_prefixes,
-            "prefix_tokens_saved": stats.prefix_tokens_saved,
-            "oom_retries": stats.oom_retries,
-            "tokenizer_workers": workers,
-        },
-        "timing": timing,
-        "shards": [str(path.relative_to(output)) for path in shards],
-        "schema": {name: str(schema.field(name).type) for name in schema.names},
-    }
-    atomic_write_bytes(output / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
-    summary = {**summary, "output": str(output), "timing": timing, "model": manifest["model"]["id"]}
-    return ScoreResult(output=output, shards=shards, manifest=manifest, summary=summary)
+        on_detected(plan.source, plan.layout)
+    return run_scoring(plan, log=log, progress=progress)
 
 
 def score_pairs(

@@ -17,8 +17,9 @@ class Status(str, enum.Enum):
     """Why a row has (or lacks) scores. Every input row gets exactly one."""
 
     OK = "ok"
-    IDENTICAL = "identical"  # chosen == rejected (as text or as token ids): ches is 0 by definition
-    TRUNCATED_IDENTICAL = "truncated_identical"  # responses differ only past --max-length
+    IDENTICAL = "identical"  # equal ids wherever the summed states read them: ches is 0 exactly
+    TRUNCATED_IDENTICAL = "truncated_identical"  # identical as above only once truncated
+    NONFINITE = "nonfinite"  # a score came out NaN or infinite (e.g. a float16 overflow): nulled
     EMPTY_RESPONSE = "empty_response"  # empty or whitespace-only response (null: INVALID_FIELD)
     INVALID_FIELD = "invalid_field"  # a field is missing, null or of the wrong type
     AMBIGUOUS_PROMPT = "ambiguous_prompt"  # implicit prompt: chosen/rejected differ before the last turn
@@ -26,6 +27,7 @@ class Status(str, enum.Enum):
     PROMPT_MISMATCH = "prompt_mismatch"  # prompt ids are not a prefix of the full rendering's ids
     PROMPT_TOO_LONG = "prompt_too_long"  # the prompt alone fills --max-length
     EMPTY_PROMPT = "empty_prompt"  # no prompt tokens at all (the spec needs P >= 1)
+    UNSUPPORTED_CONTENT = "unsupported_content"  # a non-text message part (image, audio, …)
 
     def __str__(self) -> str:  # so f-strings print "ok", not "Status.OK"
         return self.value
@@ -76,6 +78,30 @@ class SequenceSpan:
     def n_summed(self) -> int:
         return self.end - self.start
 
+    @property
+    def read_ids(self) -> tuple[int, ...]:
+        """The ids the summed hidden states depend on: positions ``0 … end-1`` (causal model)."""
+        return self.ids[: self.end]
+
+
+def same_summed_states(chosen: SequenceSpan, rejected: SequenceSpan) -> bool:
+    """Whether the two spans sum the same hidden states: equal spans over equal ids.
+
+    A causal model's state at position t depends on ids ``0 … t`` only, so two sequences whose
+    summed spans are equal and whose ids agree up to the span's end have S+ == S- exactly, even
+    when they differ after it (the default convention never reads the final position, whose
+    token is the response's last one).
+    """
+    return (chosen.start, chosen.end) == (rejected.start, rejected.end) and chosen.read_ids == rejected.read_ids
+
+
+@dataclass(frozen=True)
+class Degenerate:
+    """Why a tokenised pair is scored without the model: its status and a sentence for people."""
+
+    status: Status
+    reason: str
+
 
 @dataclass(frozen=True)
 class TokenizedPair:
@@ -83,7 +109,8 @@ class TokenizedPair:
 
     ``chosen``/``rejected`` are full sequences (prompt ⊕ response). ``prompt_len`` is P.
     ``chosen_response``/``rejected_response`` are the response ids used for edit distance.
-    ``identical`` pairs never reach the model.
+    ``degenerate`` (set by the tokenizer, see :meth:`degeneracy`) says why a pair whose summed
+    states are equal never reaches the model.
     """
 
     row_id: int
@@ -93,13 +120,25 @@ class TokenizedPair:
     chosen_response: tuple[int, ...]
     rejected_response: tuple[int, ...]
     truncated: bool = False
-    truncation_collapsed: bool = False  # the responses differed, but not within --max-length
+    truncation_collapsed: bool = False  # the summed states differed, but not once truncated
+    degenerate: Degenerate | None = None
 
     @property
     def identical(self) -> bool:
-        return self.chosen.ids == self.rejected.ids and (
-            (self.chosen.start, self.chosen.end) == (self.rejected.start, self.rejected.end)
-        )
+        """The two sequences sum the same hidden states (ches = 0 exactly): see same_summed_states."""
+        return same_summed_states(self.chosen, self.rejected)
+
+    def degeneracy(self) -> Degenerate | None:
+        """The status and reason of a pair scored without the model, None for a pair to run.
+
+        The tokenizer's own verdict when it gave one (it knows what truncation did); otherwise
+        ``identical`` when the summed states are the same.
+        """
+        if self.degenerate is not None:
+            return self.degenerate
+        if self.identical:
+            return Degenerate(Status.IDENTICAL, identical_reason(self.chosen, self.rejected))
+        return None
 
     @property
     def n_tokens(self) -> int:
@@ -141,3 +180,16 @@ class PairScores:
     rejected_tokens: int | None = None
     truncated: bool | None = None
     extras: dict[str, object] = field(default_factory=dict)
+
+
+def identical_reason(chosen_span: SequenceSpan, rejected_span: SequenceSpan, *, limit: str | None = None) -> str:
+    """Why two spans with equal summed states make a degenerate pair (``limit``: what cut them)."""
+    cut = f"after {limit}, " if limit else ""
+    chosen, rejected = chosen_span.ids, rejected_span.ids
+    if chosen == rejected:
+        return f"{cut}chosen and rejected are identical" + (": identical as scored" if limit else "")
+    where = "their last token" if chosen[:-1] == rejected[:-1] else "tokens"
+    return (
+        f"{cut}chosen and rejected differ only in {where}, which no summed position reads "
+        "(the final hidden state predicts nothing of the response): identical as scored"
+    )

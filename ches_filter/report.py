@@ -17,8 +17,9 @@ import html
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,10 +27,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import score_registry
+from .data.manifest import FilterManifest, read_manifest
+from .data.score_folder import (
+    ScoreFolder,
+    is_score_output,
+    score_array,
+    select_from_table,
+    table_fingerprint,
+)
+from .data.shards import MANIFEST_NAME, atomic_write_bytes
 from .data.values import decode_json_text, json_text_columns
-from .errors import ChesError, ModelError
-from .filtering import ScoreFolder, score_array, table_fingerprint
-from .selection import DEFAULT_BY, LOWER_IS_RISKIER, SCORE_BY, Selection, rankable_mask, risk_order
+from .errors import ChesError, DatasetError, ModelError, OutputError
+from .selection import (
+    DEFAULT_BY,
+    LOWER_IS_RISKIER,
+    SCORE_BY,
+    Rule,
+    Selection,
+    rankable_mask,
+    risk_order,
+)
 
 Log = Callable[[str], None]
 Highlight = Literal["off", "auto", "on"]
@@ -45,12 +63,7 @@ UNSCORED_STATUSES = (
     "identical", "truncated_identical", "empty_response", "invalid_field", "ambiguous_prompt",
     "contradictory_label", "prompt_mismatch", "prompt_too_long", "empty_prompt",
 )
-SCORE_LABELS = {
-    "ln_ches": "ln_ches (length-normalised CHES)",
-    "ches": "ches (raw CHES)",
-    "last_hidden_inner": "last_hidden_inner (final hidden states)",
-    "edit_distance": "edit_distance (normalised token Levenshtein)",
-}
+SCORE_LABELS = {name: score_registry.label(name) for name in SCORE_BY}
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +279,7 @@ def _compute_highlights(
         options = TokenizationOptions(use_chat_template=False, max_length=options.max_length,
                                       convention=options.convention)
     tokenizer = PairTokenizer(loaded.tokenizer, options)
+    tokenizer.prepare_model(loaded.model)  # --compat official's added tokens, if any
     out: dict[int, dict[str, Any]] = {}
     mismatched = []
     for rid, pair in pairs.items():
@@ -274,7 +288,7 @@ def _compute_highlights(
             notes.append(f"row {rid}: {encoded.reason}")
             continue
         contrib = pair_contributions(
-            loaded.model, encoded, decode=lambda i: loaded.tokenizer.decode([i])
+            loaded.model, encoded, decode=lambda i: tokenizer.tokenizer.decode([i])
         )
         stored = stored_ches.get(rid)
         if stored is not None and abs(contrib.ches - stored) > 1e-2 * max(1.0, abs(stored)):
@@ -355,8 +369,7 @@ def build_report(
         notes.append(layout_note)
 
     columns = {name: table.column(name).to_pylist() for name in (
-        "pair_id", "status", "ches", "ln_ches", "last_hidden_inner", "edit_distance",
-        "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated")}
+        "pair_id", "status", *SCORE_BY, "prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated")}
     stored_ches = {int(row_id[i]): _num(columns["ches"][i]) for i in top_idx}
 
     highlight_info: dict[str, Any] = {"status": "off", "message": None, "score": None}
@@ -449,6 +462,57 @@ def build_report(
         "notes": notes,
         "top": top_pairs,
     }
+
+
+def report_for(
+    path: Path | str,
+    *,
+    top: int = 20,
+    by: str = DEFAULT_BY,
+    highlight: Highlight = "off",
+    device: str | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """The report of a ``ches score`` output, or of a ``ches filter`` output: then the report is
+    on the scores it was filtered from (its manifest says where), with what the filter removed
+    (its rule applied again to those scores)."""
+    path = Path(path)
+    source, filter_info, rule = path, None, None
+    if (path / MANIFEST_NAME).is_file() and not is_score_output(path):
+        manifest = read_manifest(path)
+        if isinstance(manifest, FilterManifest) and manifest.kind == "filter":
+            scores_path = manifest.scores.get("path")
+            if not scores_path:
+                raise DatasetError(f"{path / MANIFEST_NAME} does not say where its scores are")
+            filter_info = manifest.to_dict()
+            source = Path(scores_path)
+            rule = Rule.from_dict(manifest.rule)
+    folder = ScoreFolder.open(source)
+    table = folder.read_score_table()
+    selection = None
+    if filter_info is not None and rule is not None:
+        selection = select_from_table(
+            table, rule, keep_unscored=bool(filter_info.get("keep_unscored", True))
+        )
+    return build_report(
+        folder, top=top, by=by, table=table, filter_info=filter_info, selection=selection,
+        highlight=highlight, device=device, log=log,
+    )
+
+
+def check_report_targets(targets: Iterable[Path | None]) -> None:
+    """Raise an OutputError for a report file that could not be written (before any work)."""
+    for target in targets:
+        if target is not None and not Path(target).parent.is_dir():
+            raise OutputError(f"cannot write {target}: no folder {Path(target).parent}")
+
+
+def write_report(data: dict[str, Any], target: Path | str, fmt_name: str) -> Path:
+    """Render ``data`` as ``fmt_name`` (html, markdown, json) into ``target``, atomically."""
+    target = Path(target)
+    check_report_targets([target])
+    atomic_write_bytes(target, render(data, fmt_name).encode("utf-8"))
+    return target
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,8 +647,8 @@ def render_terminal(data: dict[str, Any], console: Any) -> None:
     top.add_column("#", justify="right", no_wrap=True)
     top.add_column("row_id", justify="right", no_wrap=True)
     top.add_column(by, justify="right", no_wrap=True)
-    for other in SCORE_BY:
-        if other != by and other != "last_hidden_inner":
+    for other in score_registry.TOP_TABLE:
+        if other != by:
             top.add_column(other, justify="right", no_wrap=True)
     top.add_column("n+/n-", justify="right", no_wrap=True)
     if any(p["removed"] is not None for p in data["top"]):
@@ -594,7 +658,7 @@ def render_terminal(data: dict[str, Any], console: Any) -> None:
     for p in data["top"]:
         s = p["scores"]
         cells = [Text(str(p["rank"])), Text(str(p["row_id"])), Text(fmt(s[by]))]
-        cells += [Text(fmt(s[o])) for o in SCORE_BY if o != by and o != "last_hidden_inner"]
+        cells += [Text(fmt(s[o])) for o in score_registry.TOP_TABLE if o != by]
         cells.append(Text(f"{p['tokens']['chosen']}/{p['tokens']['rejected']}"))
         if p["removed"] is not None:
             cells.append(Text("yes" if p["removed"] else "no"))
@@ -678,7 +742,7 @@ def render_markdown(data: dict[str, Any]) -> str:
 
     out += ["", f"### Top {len(data['top'])} pairs by {by}", ""]
     if data["top"]:
-        others = [o for o in SCORE_BY if o != by and o != "last_hidden_inner"]
+        others = [o for o in score_registry.TOP_TABLE if o != by]
         removed_col = any(p["removed"] is not None for p in data["top"])
         head = ["#", "row_id", by, *others, "n+/n−"] + (["removed"] if removed_col else []) + ["rejected (start)"]
         out.append("| " + " | ".join(md_inline(h) for h in head) + " |")

@@ -1,8 +1,8 @@
 """Selection rules over score columns: which pairs a filter removes. Pure numpy, no I/O.
 
 One total order ranks every *rankable* pair (status ``ok`` and a finite score) from riskiest
-to least risky: by the score, descending (for ``edit_distance`` ascending: a smaller distance
-means more similar responses, hence riskier), ties broken by ``row_id`` ascending. Every rule is
+to least risky: by the score, descending (ascending for a score whose registry entry says
+lower is riskier, such as ``edit_distance``: a smaller distance means more similar responses), ties broken by ``row_id`` ascending. Every rule is
 a cut of that order, so a rerun selects the same rows and ``--keep-lowest F`` is
 ``--top-k (n - kept)`` under the same order.
 
@@ -18,19 +18,21 @@ when there is one, and F = 1 selects all of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from . import score_registry
 from .errors import OptionError
 
 RuleKind = Literal["top_k", "top_fraction", "threshold", "keep_lowest", "quantile_window"]
 RULE_KINDS: tuple[str, ...] = ("top_k", "top_fraction", "threshold", "keep_lowest", "quantile_window")
-SCORE_BY: tuple[str, ...] = ("ln_ches", "ches", "last_hidden_inner", "edit_distance")
-#: Scores for which a *lower* value means riskier (more similar responses).
-LOWER_IS_RISKIER = frozenset({"edit_distance"})
-DEFAULT_BY = "ln_ches"
+#: The scores a rule can rank by, and which way is riskier: from the score registry.
+SCORE_BY: tuple[str, ...] = score_registry.RANKABLE
+LOWER_IS_RISKIER = score_registry.LOWER_IS_RISKIER
+DEFAULT_BY = score_registry.DEFAULT_BY
 
 _FRACTION_EPS = 1e-9
 
@@ -91,6 +93,47 @@ class Rule:
         out = asdict(self)
         out["description"] = self.describe()
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rule:
+        """The rule a filter manifest recorded (``to_dict``'s output; ``description`` ignored)."""
+        try:
+            return cls(kind=data["kind"], value=data["value"], n=data.get("n"),
+                       by=data.get("by", DEFAULT_BY))
+        except (KeyError, TypeError) as exc:
+            raise OptionError(f"not a selection rule: {dict(data)!r:.200}") from exc
+
+
+def rule_from_flags(
+    *,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
+    threshold: float | None = None,
+    keep_lowest: float | None = None,
+    quantile_window: float | None = None,
+    n: int | None = None,
+    by: str = DEFAULT_BY,
+) -> Rule:
+    """The one rule given by ``ches filter``'s rule options (exactly one must be set)."""
+    given = {
+        "top_k": top_k,
+        "top_fraction": top_fraction,
+        "threshold": threshold,
+        "keep_lowest": keep_lowest,
+        "quantile_window": quantile_window,
+    }
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if len(chosen) != 1:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise OptionError(
+            "pass exactly one selection rule"
+            + (f" (got {', '.join('--' + k.replace('_', '-') for k in chosen)})" if chosen else ""),
+            hint=f"one of {flags}; e.g. --keep-lowest 0.05 (the paper's recipe)",
+        )
+    ((kind, value),) = chosen.items()
+    if n is not None and kind != "quantile_window":
+        raise OptionError("--n only goes with --quantile-window")
+    return Rule(kind=kind, value=value, n=n, by=by)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

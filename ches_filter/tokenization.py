@@ -18,12 +18,22 @@ Hidden states summed: positions ``P-1 … P+n-2`` (``SequenceSpan(start=P-1, end
 
 Truncation (``max_length``): the prompt is never cut (CHES is conditioned on it); each response
 is cut at the right so that ``P + n <= max_length``. A prompt with ``P >= max_length`` leaves no
-room and gets ``prompt_too_long``; responses equal after the cut get ``truncated_identical``.
+room and gets ``prompt_too_long``.
 
-``convention="official"`` reproduces the authors' per-example script instead: strings
+Degenerate pairs: when both sequences sum the same hidden states (equal spans over equal ids up
+to the span's end, :func:`~ches_filter.records.same_summed_states`) the pair is ``identical``;
+when only the cut made them so (e.g. two responses cut to one length that differ in their last
+kept token, which no summed position reads), the tokenizer records ``truncated_identical`` on
+the TokenizedPair (``degenerate``) with its reason.
+
+``convention="official"`` follows the authors' per-example script instead: strings
 ``query + response`` without EOS, query and full text tokenised separately and each truncated
-at ``max_length`` (512 by default there), prompt length from the query, and hidden states
-summed from ``query_len - 1`` through the final position.
+at ``max_length`` (512 by default there), leading EOS tokens stripped (its ``__trim_padding``),
+prompt length from the query, and hidden states summed from ``query_len - 1`` through the
+final position. For tokenizers without a chat template the query is
+``<|prompter|>{prompt}<|assistant|>``, both markers added to a copy of the tokenizer as special
+tokens, and :meth:`PairTokenizer.prepare_model` gives them rows in the model's embeddings (the
+mean row), as the script's ``resize_token_embeddings`` does (docs/scores.md lists what differs).
 """
 
 from __future__ import annotations
@@ -32,11 +42,23 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import ModelError, OptionError
-from .records import PreferencePair, RowProblem, SequenceSpan, Status, TokenizedPair
+from .errors import ModelError, OptionError, clip
+from .records import (
+    Degenerate,
+    PreferencePair,
+    RowProblem,
+    SequenceSpan,
+    Status,
+    TokenizedPair,
+    identical_reason,
+    same_summed_states,
+)
 
 Convention = Literal["default", "official"]
 OFFICIAL_MAX_LENGTH = 512
+#: The official script's query markers for tokenizers without a chat template (added as tokens).
+PROMPTER, ASSISTANT = "<|prompter|>", "<|assistant|>"
+OFFICIAL_PADDING = "<|padding|>"  # the script's pad token when the tokenizer has none
 
 
 @dataclass(frozen=True)
@@ -89,12 +111,34 @@ class PairTokenizer:
             self.max_length: int | None = OFFICIAL_MAX_LENGTH
         else:
             self.max_length = self.options.max_length
+        #: the official script's query markers, added to a copy of the tokenizer
+        self.official_markers = self.options.convention == "official" and not self.uses_chat_template
+        if self.official_markers:
+            self.tokenizer = _with_official_tokens(tokenizer)
+
+    def prepare_model(self, model: Any) -> int:
+        """Rows for the tokens this tokenizer added to the model's embeddings (official markers).
+
+        Call once on the model that will score this tokenizer's pairs (the runner's, the report's).
+        The script resizes the embeddings for the markers it adds; the new rows are the mean of
+        the existing ones (:mod:`ches_filter.model.vocabulary`). Returns the rows added, 0 when
+        nothing was needed (every other convention and tokenizer).
+        """
+        if not self.official_markers:
+            return 0
+        from .model.vocabulary import grow_embeddings
+
+        return grow_embeddings(model, len(self.tokenizer))
 
     @property
     def description(self) -> str:
         how = "chat template" if self.uses_chat_template else "plain text + EOS"
         if self.options.convention == "official":
-            how = ("chat template" if self.uses_chat_template else "plain text") + ", official script"
+            how = (
+                "chat template, official script"
+                if self.uses_chat_template
+                else f"plain text in {PROMPTER}…{ASSISTANT} (added tokens, mean embedding rows), official script"
+            )
         limit = f", max length {self.max_length}" if self.max_length else ""
         return how + limit
 
@@ -128,7 +172,7 @@ class PairTokenizer:
                     for reply in (pair.chosen, pair.rejected)
                 ]
             except Exception as exc:  # jinja raises TemplateError and friends on odd roles
-                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {exc}")
+                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {clip(exc)}")
             for side, full in zip(("chosen", "rejected"), fulls, strict=False):
                 if not full.startswith(prompt_str):
                     return RowProblem(
@@ -170,7 +214,13 @@ class PairTokenizer:
         self, row: int, prompt_ids: list[int], chosen: list[int], rejected: list[int]
     ) -> TokenizedPair | RowProblem:
         n_prompt = len(prompt_ids)
-        truncated = collapsed = False
+
+        def span(response: list[int]) -> SequenceSpan:
+            ids = tuple(prompt_ids + response)
+            return SequenceSpan(ids=ids, start=n_prompt - 1, end=n_prompt - 1 + len(response))
+
+        whole = (span(chosen), span(rejected))
+        truncated = False
         if self.max_length is not None:
             if n_prompt >= self.max_length:
                 return RowProblem(
@@ -180,24 +230,30 @@ class PairTokenizer:
                 )
             room = self.max_length - n_prompt
             truncated = len(chosen) > room or len(rejected) > room
-            differed = chosen != rejected
             chosen, rejected = chosen[:room], rejected[:room]
-            collapsed = differed and chosen == rejected
-
-        def span(response: list[int]) -> SequenceSpan:
-            ids = tuple(prompt_ids + response)
-            return SequenceSpan(ids=ids, start=n_prompt - 1, end=n_prompt - 1 + len(response))
-
-        return TokenizedPair(
-            row_id=row,
-            prompt_len=n_prompt,
-            chosen=span(chosen),
-            rejected=span(rejected),
-            chosen_response=tuple(chosen),
-            rejected_response=tuple(rejected),
+        return _tokenized(
+            row,
+            n_prompt,
+            whole,
+            (span(chosen), span(rejected)),
+            (tuple(chosen), tuple(rejected)),
             truncated=truncated,
-            truncation_collapsed=collapsed,
+            limit=f"--max-length {self.max_length}",
         )
+
+    def _strip_leading_eos(self, ids: list[int]) -> list[int]:
+        """The official script's ``__trim_padding``: ids from the first one that is not EOS.
+
+        It is meant for left padding (the script pads with EOS), but it also removes a leading
+        EOS that a tokenizer adds as its BOS (the same token in GPT-2-style vocabularies) or a
+        chat template renders first. Ids that are all EOS are kept whole, as ``argmax`` there
+        gives 0.
+        """
+        eos = self.eos_id
+        for start, token in enumerate(ids):
+            if token != eos:
+                return ids[start:]
+        return ids
 
     def _encode_official(self, pair: PreferencePair) -> TokenizedPair | RowProblem:
         row = pair.row_id
@@ -205,23 +261,29 @@ class PairTokenizer:
             try:
                 query = self._render(self._messages(pair), generation_prompt=True)
             except Exception as exc:
-                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {exc}")
+                return RowProblem(row, Status.INVALID_FIELD, f"chat template failed on this row: {clip(exc)}")
             texts = [query + pair.chosen, query + pair.rejected]
             special = False
         else:
-            query = pair.prompt_text
-            texts = [query + pair.chosen_text, query + pair.rejected_text]
+            query = _official_query(pair)
+            texts = [query + pair.chosen, query + pair.rejected]
             special = True
         limit = self.max_length
 
-        def tok(text: str) -> tuple[list[int], bool]:
+        def tok(text: str) -> tuple[list[int], list[int], bool]:
+            """Full ids and ids as scored: cut at ``limit``, then leading EOS tokens stripped."""
             ids = self._ids(text, special=special)
             if limit is not None and len(ids) > limit:
-                return ids[:limit], True
-            return ids, False
+                return self._strip_leading_eos(ids), self._strip_leading_eos(ids[:limit]), True
+            ids = self._strip_leading_eos(ids)
+            return ids, ids, False
 
-        query_ids, query_cut = tok(query)
-        (chosen_ids, chosen_cut), (rejected_ids, rejected_cut) = tok(texts[0]), tok(texts[1])
+        _, query_ids, query_cut = tok(query)
+        (chosen_full, chosen_ids, chosen_cut), (rejected_full, rejected_ids, rejected_cut) = (
+            tok(texts[0]),
+            tok(texts[1]),
+        )
+        full_ids = (chosen_full, rejected_full)
         n_query = len(query_ids)
         # A query of exactly ``limit`` tokens fills it too: every response token is cut away.
         if query_cut or (limit is not None and n_query >= limit):
@@ -243,15 +305,74 @@ class PairTokenizer:
         def span(ids: list[int]) -> SequenceSpan:
             return SequenceSpan(ids=tuple(ids), start=n_query - 1, end=len(ids))
 
-        return TokenizedPair(
-            row_id=row,
-            prompt_len=n_query,
-            chosen=span(chosen_ids),
-            rejected=span(rejected_ids),
-            chosen_response=tuple(chosen_ids[n_query:]),
-            rejected_response=tuple(rejected_ids[n_query:]),
+        return _tokenized(
+            row,
+            n_query,
+            (span(full_ids[0]), span(full_ids[1])),
+            (span(chosen_ids), span(rejected_ids)),
+            (tuple(chosen_ids[n_query:]), tuple(rejected_ids[n_query:])),
             truncated=query_cut or chosen_cut or rejected_cut,
-            truncation_collapsed=(chosen_cut or rejected_cut)
-            and chosen_ids == rejected_ids
-            and texts[0] != texts[1],
+            limit=f"--max-length {limit}" if self.options.max_length else f"the script's {limit}-token limit",
         )
+
+
+def _with_official_tokens(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer`` with the script's additions: a pad token if none, both markers."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    if not tokenizer.pad_token:
+        tokenizer.add_special_tokens({"pad_token": OFFICIAL_PADDING})
+    tokenizer.add_special_tokens({"additional_special_tokens": [PROMPTER, ASSISTANT]})
+    return tokenizer
+
+
+def _official_query(pair: PreferencePair) -> str:
+    """The script's query for tokenizers without a chat template: ``<|prompter|>…<|assistant|>``.
+
+    One user turn (the script's only case): ``<|prompter|>{content}<|assistant|>``. The script
+    has no format for a system message or earlier turns; here a system message comes first as is
+    (then a newline), each user turn after ``<|prompter|>``, each assistant turn after
+    ``<|assistant|>``, and the query ends with ``<|assistant|>`` (docs/scores.md).
+    """
+    parts = []
+    for turn in pair.prompt:
+        if turn.role == "system":
+            parts.append(f"{turn.content}\n")
+        elif turn.role == "assistant":
+            parts.append(f"{ASSISTANT}{turn.content}")
+        else:
+            parts.append(f"{PROMPTER}{turn.content}")
+    return "".join(parts) + ASSISTANT
+
+
+def _tokenized(
+    row: int,
+    prompt_len: int,
+    whole: tuple[SequenceSpan, SequenceSpan],
+    spans: tuple[SequenceSpan, SequenceSpan],
+    responses: tuple[tuple[int, ...], tuple[int, ...]],
+    *,
+    truncated: bool,
+    limit: str,
+) -> TokenizedPair:
+    """The TokenizedPair, with its verdict when truncation made the summed states equal.
+
+    ``whole``: the spans before truncation, ``spans``: as scored. A pair whose summed states
+    were equal before the cut is plain ``identical`` (TokenizedPair.degeneracy says so).
+    """
+    collapsed = truncated and same_summed_states(*spans) and not same_summed_states(*whole)
+    degenerate = None
+    if collapsed:
+        degenerate = Degenerate(Status.TRUNCATED_IDENTICAL, identical_reason(*spans, limit=limit))
+    return TokenizedPair(
+        row_id=row,
+        prompt_len=prompt_len,
+        chosen=spans[0],
+        rejected=spans[1],
+        chosen_response=responses[0],
+        rejected_response=responses[1],
+        truncated=truncated,
+        truncation_collapsed=collapsed,
+        degenerate=degenerate,
+    )

@@ -60,7 +60,7 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def matched(a_dir: Path, b_dir: Path, score: str) -> tuple[np.ndarray, np.ndarray]:
-    from ches_filter.data.shards import read_scores
+    from ches_filter.data.score_folder import read_scores
 
     def ok_scores(folder: Path) -> dict[int, float]:
         columns = read_scores(folder, columns=["row_id", "status", score]).to_pydict()

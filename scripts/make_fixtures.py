@@ -24,6 +24,14 @@ def _msg(role: str, content: str) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
+def _parts(role: str, text: str, weight: float | None = None) -> dict[str, Any]:
+    """A LLaMA-Factory message: content as typed parts, with a loss weight when given."""
+    message: dict[str, Any] = {"role": role, "content": [{"type": "text", "value": text}]}
+    if weight is not None:
+        message["loss_weight"] = weight
+    return message
+
+
 def _hh(*turns: str) -> str:
     """Alternating Human/Assistant turns, HH-RLHF style."""
     names = ("Human", "Assistant")
@@ -150,6 +158,12 @@ FIXTURES: dict[str, list[dict[str, Any]]] = {
             "chosen": {"from": "gpt", "value": "Hello!"},
             "rejected": {"from": "gpt", "value": "\u200b"},  # EMPTY_RESPONSE rejected
         },
+        {  # a system column (LLaMA-Factory's sharegpt format): the first prompt turn
+            "conversations": [{"from": "human", "value": "Hi"}],
+            "chosen": {"from": "gpt", "value": "Hello!"},
+            "rejected": {"from": "gpt", "value": "Go away."},
+            "system": "Be kind.",
+        },
     ],
     # 7a. AlpacaFarm: two outputs and a preference (1 or 2).
     "alpacafarm": [
@@ -214,6 +228,151 @@ FIXTURES: dict[str, list[dict[str, Any]]] = {
             "human_ref_B": "Coffee.",
             "labels": None,
         },  # CONTRADICTORY_LABEL: null label
+    ],
+    # 8. LLaMA-Factory's Alpaca ranking format: output ranked best first, history, system.
+    "llamafactory_ranking": [
+        {
+            "instruction": "Translate to French.",
+            "input": "cat",
+            "output": ["chat", "chien", "cheval"],
+            "history": [],
+        },
+        {
+            "system": "Be brief.",
+            "instruction": "And at night?",
+            "input": "",
+            "output": ["Dark.", "Green.", "Plaid."],
+            "history": [[SKY, "It is blue."]],
+        },
+        {  # INVALID_FIELD: a ranking needs two responses
+            "instruction": "Name a colour.",
+            "input": "",
+            "output": ["Blue"],
+            "history": [],
+        },
+        {  # EMPTY_RESPONSE: the runner-up is blank (first-last reads "Chair" instead)
+            "instruction": "Name a colour.",
+            "input": "",
+            "output": ["Red", " ", "Chair"],
+            "history": None,
+        },
+    ],
+    # 9. A safety set with the two responses in one list, safer first (a documented order):
+    #    --chosen-field response.0 --rejected-field response.1
+    "response_pair": [
+        {
+            "prompt": "How do I open a locked door?",
+            "response": ["Call a locksmith.", "Kick it in."],
+            "category": "property",
+        },
+        {
+            "prompt": "Is the stove hot?",
+            "response": ["Check the indicator light.", "Touch it and see."],
+            "category": "injury",
+        },
+        {  # INVALID_FIELD: response.1 is missing (one response only)
+            "prompt": "Hello?",
+            "response": ["Hi."],
+            "category": "none",
+        },
+    ],
+    # 10. LLaMA-Factory's DPO sample: whole conversations, typed content parts, loss weights.
+    "chosen_messages": [
+        {
+            "chosen_messages": [
+                _parts("system", "Be brief.", weight=0.0),
+                _parts("user", SKY, weight=0.0),
+                _parts("assistant", "It is blue.", weight=1.0),
+            ],
+            "rejected_messages": [
+                _parts("system", "Be brief.", weight=0.0),
+                _parts("user", SKY, weight=0.0),
+                _parts("assistant", "It is black.", weight=1.0),
+            ],
+        },
+        {  # the OpenAI spelling, two text parts in one message (concatenated as they are)
+            "chosen_messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Name a colour. "},
+                        {"type": "text", "text": "One word."},
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "Blue"}]},
+            ],
+            "rejected_messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Name a colour. "},
+                        {"type": "text", "text": "One word."},
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "Table"}]},
+            ],
+        },
+        {  # UNSUPPORTED_CONTENT: an image part in the prompt
+            "chosen_messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "value": "cat.png"},
+                        {"type": "text", "value": "What is this?"},
+                    ],
+                    "loss_weight": 0.0,
+                },
+                _parts("assistant", "A cat.", weight=1.0),
+            ],
+            "rejected_messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "value": "cat.png"},
+                        {"type": "text", "value": "What is this?"},
+                    ],
+                    "loss_weight": 0.0,
+                },
+                _parts("assistant", "A dog.", weight=1.0),
+            ],
+        },
+        {  # AMBIGUOUS_PROMPT: the conversations differ before the reply
+            "chosen_messages": [_parts("user", SKY), _parts("assistant", "It is blue.")],
+            "rejected_messages": [_parts("user", "Why?"), _parts("assistant", "Because.")],
+        },
+    ],
+    # 11. Conversational rows with OpenAI-style typed parts: text, image, audio.
+    "multimodal": [
+        {
+            "prompt": [{"role": "user", "content": [{"type": "text", "text": SKY}]}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "It is blue."}]}],
+            "rejected": [
+                {"role": "assistant", "content": [{"type": "text", "text": "It is black."}]}
+            ],
+        },
+        {  # UNSUPPORTED_CONTENT: an image in the prompt
+            "prompt": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                        {"type": "text", "text": "What is this?"},
+                    ],
+                }
+            ],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "A dog."}]}],
+        },
+        {  # UNSUPPORTED_CONTENT: audio in the chosen reply
+            "prompt": [{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}],
+            "chosen": [
+                {
+                    "role": "assistant",
+                    "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}],
+                }
+            ],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "Hi."}]}],
+        },
     ],
     # Nested fields, for --prompt-field data.question etc.
     "nested": [

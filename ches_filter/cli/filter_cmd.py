@@ -6,58 +6,20 @@ import enum
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from ches_filter.errors import OptionError
+from ches_filter import score_registry
 
-if TYPE_CHECKING:
-    from ches_filter.selection import Rule
-
-
-class ScoreBy(str, enum.Enum):
-    ln_ches = "ln_ches"
-    ches = "ches"
-    last_hidden_inner = "last_hidden_inner"
-    edit_distance = "edit_distance"
+#: The ``--by`` choices of filter and report: the registry's rankable scores, the default first.
+ScoreBy = enum.Enum("ScoreBy", {name: name for name in score_registry.RANKABLE}, type=str)  # type: ignore[misc]
+DEFAULT_BY = ScoreBy(score_registry.DEFAULT_BY)
 
 
 SCORING = "Scoring a dataset first (only when the input is not a `ches score` output)"
 RULES = "Selection rule (exactly one)"
-
-
-def _rule(
-    top_k: int | None,
-    top_fraction: float | None,
-    threshold: float | None,
-    keep_lowest: float | None,
-    quantile_window: float | None,
-    n: int | None,
-    by: str,
-) -> Rule:
-    from ches_filter.selection import Rule
-
-    given = {
-        "top_k": top_k,
-        "top_fraction": top_fraction,
-        "threshold": threshold,
-        "keep_lowest": keep_lowest,
-        "quantile_window": quantile_window,
-    }
-    chosen = {k: v for k, v in given.items() if v is not None}
-    if len(chosen) != 1:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise OptionError(
-            "pass exactly one selection rule"
-            + (f" (got {', '.join('--' + k.replace('_', '-') for k in chosen)})" if chosen else ""),
-            hint=f"one of {flags}; e.g. --keep-lowest 0.05 (the paper's recipe)",
-        )
-    (kind, value), = chosen.items()
-    if n is not None and kind != "quantile_window":
-        raise OptionError("--n only goes with --quantile-window")
-    return Rule(kind=kind, value=value, n=n, by=by)
 
 
 def filter_command(
@@ -105,7 +67,7 @@ def filter_command(
     by: Annotated[
         ScoreBy,
         typer.Option("--by", help="The score to rank by; riskiest = highest (edit_distance: lowest)."),
-    ] = ScoreBy.ln_ches,
+    ] = DEFAULT_BY,
     keep_unscored: Annotated[
         bool,
         typer.Option("--keep-unscored/--drop-unscored",
@@ -120,7 +82,8 @@ def filter_command(
                      show_default=False),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace shards in non-empty output folders.")
+        bool, typer.Option("--overwrite", help="Replace shards in non-empty output folders (scoring "
+                          "first: also scores made with other options; the same scores are reused).")
     ] = False,
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write report.html/.md/.json beside the output.")
@@ -134,12 +97,12 @@ def filter_command(
     scores_output: Annotated[
         Path | None,
         typer.Option("--scores-output", rich_help_panel=SCORING, show_default=False,
-                     help="Where the scores go [default: OUTPUT.scores]; filter it again for free."),
+                     help="Where the scores go \\[default: OUTPUT.scores]; filter it again for free."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", rich_help_panel=SCORING, show_default=False,
-                     help="Model to score with [default: the bundled SmolLM2-135M-Instruct]."),
+                     help="Model to score with \\[default: the bundled SmolLM2-135M-Instruct]."),
     ] = None,
     dtype: Annotated[
         str | None, typer.Option("--dtype", rich_help_panel=SCORING, help="auto, float32, bfloat16, float16.")
@@ -159,38 +122,21 @@ def filter_command(
 ) -> None:
     """Drop the pairs most likely to cause likelihood displacement; write the rest in the
     input's own layout and columns (with a manifest and a report)."""
-    from ches_filter.filtering import filter_dataset, filter_scores, has_score_shards
+    from ches_filter.filtering import filter_input
+    from ches_filter.selection import rule_from_flags
 
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     stdout = Console(highlight=False, soft_wrap=True)
-    rule = _rule(top_k, top_fraction, threshold, keep_lowest, quantile_window, n, by.value)
-    command = shlex.join(["ches", *sys.argv[1:]])
-    scoring = {
-        "model": model, "dtype": dtype, "device": device, "max_length": max_length,
-        "max_batch_tokens": max_batch_tokens,
-    }
-    common = dict(
-        output=output, rule=rule, keep_unscored=keep_unscored, keep_scores=keep_scores,
-        removed=removed, overwrite=overwrite, report=report, report_top=report_top,
-        rows_per_shard=rows_per_shard, command=command,
-        log=lambda msg: stderr.print(msg, markup=False),
+    rule = rule_from_flags(top_k=top_k, top_fraction=top_fraction, threshold=threshold,
+                           keep_lowest=keep_lowest, quantile_window=quantile_window, n=n, by=by.value)
+    result = filter_input(
+        source, output=output, rule=rule, scores_output=scores_output,
+        scoring={"model": model, "dtype": dtype, "device": device, "max_length": max_length,
+                 "max_batch_tokens": max_batch_tokens},
+        keep_unscored=keep_unscored, keep_scores=keep_scores, removed=removed, overwrite=overwrite,
+        report=report, report_top=report_top, rows_per_shard=rows_per_shard,
+        command=shlex.join(["ches", *sys.argv[1:]]), log=lambda msg: stderr.print(msg, markup=False),
     )
-    if has_score_shards(source):
-        given = [f"--{k.replace('_', '-')}" for k, v in scoring.items() if v is not None]
-        if scores_output is not None:
-            given.append("--scores-output")
-        if given:
-            raise OptionError(
-                f"{', '.join(given)} only apply when scoring a dataset; {source} already holds "
-                "scores, and filtering never rescores",
-                hint="drop those options (changing the rule costs seconds), or run `ches score`",
-            )
-        result = filter_scores(source, **common)
-    else:
-        target = scores_output or output.with_name(output.name + ".scores")
-        stderr.print(f"{source} has no scores: scoring it first into {target}", markup=False)
-        result = filter_dataset(source, scores_output=target, scoring=scoring,
-                                overwrite_scores=overwrite, **common)
     c = result.counts
     lines = [
         f"{rule.describe()}: kept {c['kept']:,} of {c['rows']:,} rows in {result.output}",

@@ -33,7 +33,7 @@ def score_command(
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", rich_help_panel=OUTPUT,
-                     help="Folder for the shards and manifest.json [default: DATASET name + .ches].",
+                     help="Folder for the shards and manifest.json \\[default: DATASET name + .ches].",
                      show_default=False),
     ] = None,
     split: Annotated[str | None, typer.Option("--split", rich_help_panel=INPUT, help="Split to read.")] = None,
@@ -42,7 +42,8 @@ def score_command(
     ] = None,
     revision: Annotated[
         str | None,
-        typer.Option("--revision", rich_help_panel=INPUT, help="Hub dataset revision (branch, tag, commit)."),
+        typer.Option("--revision", rich_help_panel=INPUT,
+                     help="Hub dataset revision (branch, tag or commit); the model's is --model-revision."),
     ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", rich_help_panel=INPUT, help="Score only the first N rows.")
@@ -62,33 +63,42 @@ def score_command(
         str | None,
         typer.Option("--layout", rich_help_panel=LAYOUT,
                      help="Force a layout: standard, conversational, prompt_in_messages, "
-                     "implicit_messages, hh_rlhf, sharegpt, alpacafarm, pku_saferlhf, shp."),
+                     "implicit_messages, hh_rlhf, sharegpt, chosen_messages, ranking, alpacafarm, "
+                     "pku_saferlhf, shp."),
     ] = None,
     prompt_field: Annotated[
         str | None,
-        typer.Option("--prompt-field", rich_help_panel=LAYOUT, help="Field holding the prompt (dotted path)."),
+        typer.Option("--prompt-field", rich_help_panel=LAYOUT, help="Field holding the prompt (a dotted path: data.question, messages.0)."),
     ] = None,
     chosen_field: Annotated[
         str | None,
-        typer.Option("--chosen-field", rich_help_panel=LAYOUT, help="Field holding the chosen response."),
+        typer.Option("--chosen-field", rich_help_panel=LAYOUT, help="Field holding the chosen response (a dotted path: response.0, output.0)."),
     ] = None,
     rejected_field: Annotated[
         str | None,
-        typer.Option("--rejected-field", rich_help_panel=LAYOUT, help="Field holding the rejected response."),
+        typer.Option("--rejected-field", rich_help_panel=LAYOUT, help="Field holding the rejected response (a dotted path: response.1, output.-1)."),
     ] = None,
     label_policy: Annotated[
         str,
         typer.Option("--label-policy", rich_help_panel=LAYOUT,
                      help="PKU-SafeRLHF: follow better_response_id (better) or safer_response_id (safer)."),
     ] = "better",
+    ranking_pair: Annotated[
+        str | None,
+        typer.Option("--ranking-pair", rich_help_panel=LAYOUT, show_default=False,
+                     help="Ranked lists (best first): score the first response against the second "
+                     "(first-second) or the last (first-last) \\[default: first-second]."),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", rich_help_panel=MODEL, show_default=False,
                      help="Bundled alias (smollm2-135m-instruct, gemma-3-270m), local folder, .gguf "
-                     "file or hub id [default: smollm2-135m-instruct]."),
+                     "file or hub id \\[default: smollm2-135m-instruct]."),
     ] = None,
     model_revision: Annotated[
-        str | None, typer.Option("--model-revision", rich_help_panel=MODEL, help="Hub model revision.")
+        str | None,
+        typer.Option("--model-revision", rich_help_panel=MODEL,
+                     help="Hub model revision (branch, tag or commit); the dataset's is --revision."),
     ] = None,
     dtype: Annotated[
         str,
@@ -116,7 +126,7 @@ def score_command(
     compat: Annotated[
         str,
         typer.Option("--compat", rich_help_panel=TOKENS,
-                     help="default, or official: reproduce the authors' per-example script."),
+                     help="default, or official: the authors' per-example script (docs/scores.md: where it differs)."),
     ] = "default",
     max_batch_tokens: Annotated[
         int,
@@ -164,6 +174,7 @@ def score_command(
         chosen_field=chosen_field,
         rejected_field=rejected_field,
         label_policy=label_policy,
+        ranking_pair=ranking_pair,
         use_chat_template=not no_chat_template,
         max_length=max_length,
         convention=compat,

@@ -10,6 +10,19 @@ boundaries, never at the longest common character prefix (which cuts "It is bl|u
 (or the one forced with ``--layout``); a row the adapter can't use becomes a :class:`RowProblem`
 with a reason naming the field, never an exception. Layouts are documented for users in
 ``docs/formats.md`` ("Input layouts").
+
+Three things work the same way in every layout:
+
+* field paths: ``data.question`` reaches into objects, ``response.0`` / ``output.-1`` into lists
+  (negative indices count from the end); a path that doesn't resolve says why, briefly;
+* message contents: a string, or a list of typed parts (``{"type": "text", "text"|"value": …}``)
+  whose text parts are concatenated as they are; any other part (an image, audio) gives the row
+  ``unsupported_content``;
+* a ``system`` (or ``system_prompt``) column: a non-blank one becomes a system turn before the
+  prompt (:meth:`Layout.extract`), unless the conversation starts with the same system message;
+  a different one there makes the row ``ambiguous_prompt``.
+
+No message quotes more than ``errors.CLIP_LIMIT`` characters of dataset content.
 """
 
 from __future__ import annotations
@@ -17,16 +30,24 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from ches_filter.errors import LayoutError, OptionError
+from ches_filter.errors import LayoutError, OptionError, clip, clip_names
 from ches_filter.records import PreferencePair, RowProblem, Status, Turn
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 _MISSING = object()
 PROMPT_SYNONYMS = ("prompt", "query", "question", "instruction")
+SYSTEM_FIELDS = ("system", "system_prompt")
 LABEL_POLICIES = ("better", "safer")
+#: ``--ranking-pair``: which two of a ranked list (best first) become chosen and rejected.
+RANKING_PAIRS = ("first-second", "first-last")
+#: Columns that hold a list of candidate responses (``output``: LLaMA-Factory's ranking format).
+RESPONSE_LISTS = (
+    "output", "outputs", "response", "responses", "completions", "candidates", "answers",
+)
+_INDEX = re.compile(r"-?[0-9]+")
 HH_HUMAN = "\n\nHuman:"
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant|System):")
@@ -55,6 +76,7 @@ class LayoutOptions:
     chosen_field: str | None = None
     rejected_field: str | None = None
     label_policy: str | None = None  # "better" (default) or "safer" (PKU-SafeRLHF only)
+    ranking_pair: str | None = None  # "first-second" (default) or "first-last" (ranking only)
 
 
 def render_plain(turns: Sequence[Turn]) -> str:
@@ -91,16 +113,48 @@ class _Problem(Exception):
         self.reason = reason
 
 
-def get_field(row: Mapping[str, Any], path: str) -> Any:
-    """``row[path]``, following dots into nested objects (``"data.question"``); or _MISSING."""
-    if path in row:
-        return row[path]
+def _walk(row: Any, path: str) -> tuple[Any, str | None]:
+    """``(value, None)`` for ``path`` in ``row``, or ``(_MISSING, why)`` with a short reason.
+
+    A key holding the whole path wins (a column named ``"a.b"``); otherwise the path is split at
+    dots and each part is a key of an object or an index of a list (``0``, ``-1``: from the end).
+    """
+    if isinstance(row, Mapping) and path in row:
+        return row[path], None
     value: Any = row
+    done: list[str] = []
     for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
+        where = ".".join(done)
+        if isinstance(value, Mapping):
+            if part not in value:
+                if not done:
+                    return _MISSING, f"no field {clip(part, 60)!r}"
+                return _MISSING, (
+                    f"{where!r} has no key {clip(part, 60)!r} (its keys: {clip_names(value)})"
+                )
+            value = value[part]
+        elif isinstance(value, (list, tuple)):
+            if not _INDEX.fullmatch(part):
+                return _MISSING, (
+                    f"{where!r} is a list of {len(value)}, so {clip(part, 60)!r} must be an index "
+                    "such as 0 or -1"
+                )
+            index = int(part)
+            if not -len(value) <= index < len(value):
+                items = f"{len(value)} item{'s' * (len(value) != 1)}"
+                return _MISSING, f"{where!r} has {items}, no index {index}"
+            value = value[index]
+        else:
+            kind = "null" if value is None else _kind(value)
+            return _MISSING, f"{where!r} is {kind}, not an object or a list"
+        done.append(part)
+    return value, None
+
+
+def get_field(row: Mapping[str, Any], path: str) -> Any:
+    """``row[path]``, following dots into objects (``data.question``) and lists (``output.0``,
+    ``messages.-1.content``); or _MISSING."""
+    return _walk(row, path)[0]
 
 
 def _kind(value: Any) -> str:
@@ -112,13 +166,16 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, Mapping):
         return "an object"
+    if isinstance(value, str):
+        return "a string"
     return f"a {type(value).__name__}"
 
 
 def _present(row: Mapping[str, Any], field: str) -> Any:
-    value = get_field(row, field)
+    value, why = _walk(row, field)
     if value is _MISSING:
-        raise _Problem(Status.INVALID_FIELD, f"field {field!r} is missing")
+        detail = f" ({why})" if why and "." in field and field not in row else ""
+        raise _Problem(Status.INVALID_FIELD, f"field {field!r} is missing{detail}")
     if value is None:
         raise _Problem(Status.INVALID_FIELD, f"field {field!r} is null")
     return value
@@ -131,19 +188,39 @@ def _string(row: Mapping[str, Any], field: str) -> str:
     return value
 
 
+def _parts_text(parts: Sequence[Any], where: str) -> str:
+    """The text of typed content parts, concatenated with nothing between them (as the chat
+    templates of multimodal models render a list of text parts); any other part is a problem."""
+    texts = []
+    for number, part in enumerate(parts, 1):
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if not isinstance(kind, str):
+            raise _Problem(
+                Status.INVALID_FIELD,
+                f"{where} content part {number} is {_kind(part)} without a 'type'",
+            )
+        if kind != "text":
+            raise _Problem(
+                Status.UNSUPPORTED_CONTENT,
+                f"{where} content part {number} is of type {clip(kind, 40)!r}; only text parts "
+                "can be scored",
+            )
+        text = part.get("text", part.get("value", _MISSING))
+        if not isinstance(text, str):
+            state = "no 'text' (or 'value')" if text is _MISSING else f"{_kind(text)} as its text"
+            raise _Problem(Status.INVALID_FIELD, f"{where} content part {number} has {state}")
+        texts.append(text)
+    return "".join(texts)
+
+
 def _content(message: Mapping[str, Any], where: str) -> str:
     content = message.get("content", message.get("value", _MISSING))
     if content is _MISSING:
         raise _Problem(Status.INVALID_FIELD, f"{where} has no 'content' (or 'value')")
     if content is None:
         raise _Problem(Status.INVALID_FIELD, f"{where} has null content")
-    if isinstance(content, list):  # OpenAI-style parts: [{"type": "text", "text": ...}]
-        texts = []
-        for part in content:
-            if not (isinstance(part, Mapping) and part.get("type") == "text"):
-                raise _Problem(Status.INVALID_FIELD, f"{where} has a content part that isn't text")
-            texts.append(str(part.get("text") or ""))
-        return "\n".join(texts)
+    if isinstance(content, (list, tuple)):  # typed parts: [{"type": "text", "text"|"value": ...}]
+        return _parts_text(content, where)
     if not isinstance(content, str):
         raise _Problem(Status.INVALID_FIELD, f"{where} content is {_kind(content)}, not a string")
     return content
@@ -157,7 +234,7 @@ def _turn(message: Any, where: str) -> Turn:
         raise _Problem(Status.INVALID_FIELD, f"{where} has no 'role' (or 'from')")
     mapped = ROLES.get(role.strip().lower())
     if mapped is None:
-        raise _Problem(Status.INVALID_FIELD, f"{where} has an unknown role {role!r}")
+        raise _Problem(Status.INVALID_FIELD, f"{where} has an unknown role {clip(role, 40)!r}")
     return Turn(mapped, _content(message, where))
 
 
@@ -192,6 +269,37 @@ def _reply(value: Any, field: str) -> str:
             f"field {field!r} is a {turns[0].role!r} message, expected an assistant message",
         )
     return turns[0].content
+
+
+def _history(row: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[Turn, ...]:
+    """Earlier turns from an Alpaca ``history`` column: ``[[user, assistant], …]``; none when the
+    layout has no such column or the row leaves it missing, null or empty."""
+    if "history" not in fields:
+        return ()
+    field = fields["history"]
+    value = get_field(row, field)
+    if value is None or value is _MISSING:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise _Problem(
+            Status.INVALID_FIELD,
+            f"field {field!r} is {_kind(value)}, not a list of [user, assistant] pairs",
+        )
+    turns: list[Turn] = []
+    for number, item in enumerate(value, 1):
+        if not (
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and all(isinstance(text, str) for text in item)
+        ):
+            what = f"a list of {len(item)}" if isinstance(item, (list, tuple)) else _kind(item)
+            raise _Problem(
+                Status.INVALID_FIELD,
+                f"field {field!r} item {number} is {what}, expected a [user, assistant] pair of "
+                "strings",
+            )
+        turns += (Turn("user", item[0]), Turn("assistant", item[1]))
+    return tuple(turns)
 
 
 def _check_responses(chosen: str, rejected: str, fields: tuple[str, str]) -> None:
@@ -270,6 +378,11 @@ def _prompt_with_input(row: Mapping[str, Any], fields: Mapping[str, str]) -> str
     return prompt if extra is None else f"{prompt}\n\n{extra}"
 
 
+def _has_column(columns: Sequence[str], candidate: str) -> bool:
+    """A candidate is present when it is a column, or a path (``response.0``) into one."""
+    return candidate in columns or ("." in candidate and candidate.split(".")[0] in columns)
+
+
 def _first_difference(a: str, b: str) -> int:
     return next(
         (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
@@ -290,10 +403,14 @@ class Layout(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]  # e.g. "conversational, implicit prompt"
     expects: ClassVar[str]  # the fields it needs, for error messages
-    #: role → candidate column names, first match wins; roles in ``optional`` may be absent.
+    #: role → candidate column names (or paths), first match wins; roles in ``optional`` may be
+    #: absent. Every layout also takes an optional ``system`` role (SYSTEM_FIELDS).
     roles: ClassVar[dict[str, tuple[str, ...]]]
     optional: ClassVar[tuple[str, ...]] = ()
     uses_label_policy: ClassVar[bool] = False
+    #: Whether a ``history`` role, like ``input``, applies only beside an ``instruction`` prompt
+    #: (Alpaca style); the ranking layout reads history whatever its prompt is called.
+    alpaca_history_only: ClassVar[bool] = True
 
     def __init__(self, fields: Mapping[str, str], options: LayoutOptions | None = None) -> None:
         self.fields = dict(fields)
@@ -311,7 +428,8 @@ class Layout(ABC):
     @classmethod
     def bind(cls, columns: Sequence[str], options: LayoutOptions) -> Layout:
         """This layout over ``columns``: resolve its field names, or raise a LayoutError."""
-        roles = cls._roles(options)
+        roles = {**cls._roles(options), "system": SYSTEM_FIELDS}
+        optional = (*cls.optional, "system")
         overrides = {
             "prompt": options.prompt_field,
             "chosen": options.chosen_field,
@@ -326,19 +444,25 @@ class Layout(ABC):
         fields: dict[str, str] = {}
         for role, candidates in roles.items():
             override = overrides.get(role)
-            found = override or next((c for c in candidates if c in columns), None)
+            found = override or next((c for c in candidates if _has_column(columns, c)), None)
             if found is not None:
                 fields[role] = found
-            elif role not in cls.optional:
+            elif role not in optional:
                 option = f"--{role}-field" if role in overrides else None
                 raise LayoutError(
                     f"layout {cls.name!r} needs a field {' or '.join(map(repr, candidates))}, "
-                    f"not among the columns found: {', '.join(columns) or '(none)'}",
+                    f"not among the columns found: {clip_names(columns)}",
                     hint=(f"map it with {option}; " if option else "")
                     + f"{cls.name} expects {cls.expects}",
                 )
-        if fields.get("prompt") != "instruction":  # Alpaca's input goes with instruction only
+        if fields.get("prompt") != "instruction":  # Alpaca's input and history go with instruction
             fields.pop("input", None)
+            if cls.alpaca_history_only:
+                fields.pop("history", None)
+        # a field mapped as the prompt or a response is not also the system prompt
+        taken = {fields.get(role) for role in ("prompt", "chosen", "rejected")}
+        if "system" in fields and fields["system"] in taken:
+            fields.pop("system")
         return cls(fields, options)
 
     def extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair | RowProblem:
@@ -346,7 +470,9 @@ class Layout(ABC):
         if not isinstance(row, Mapping):
             return RowProblem(row_id, Status.INVALID_FIELD, f"row is {_kind(row)}, not an object")
         try:
-            return self._extract(row_id, row)
+            pair = self._extract(row_id, row)
+            system = _optional_text(row, self.fields, "system")
+            return pair if system is None else self._with_system(pair, system)
         except _Problem as problem:
             return RowProblem(row_id, problem.status, problem.reason)
 
@@ -354,36 +480,56 @@ class Layout(ABC):
     def _extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair:
         """The pair in a row of this layout; raises _Problem for a row that has none."""
 
+    def _check_system(self, pair: PreferencePair, system: str) -> bool:
+        """Whether ``pair`` already starts with this system message (True), or with none (False);
+        a _Problem when it starts with a different one."""
+        if not pair.prompt or pair.prompt[0].role != "system":
+            return False
+        if pair.prompt[0].content.strip() == system.strip():
+            return True
+        raise _Problem(
+            Status.AMBIGUOUS_PROMPT,
+            f"the {self.fields['system']!r} column and the conversation's own system message "
+            "differ, so the system prompt is ambiguous",
+        )
+
+    def _with_system(self, pair: PreferencePair, system: str) -> PreferencePair:
+        """``pair`` with a system turn first; its plain text re-rendered (see render_plain)."""
+        if self._check_system(pair, system):
+            return pair
+        turns = (Turn("system", system), *pair.prompt)
+        return _messages_pair(pair.row_id, turns, pair.chosen, pair.rejected)
+
 
 class StandardLayout(Layout):
     name = "standard"
     summary = "explicit prompt, standard"
     expects = (
-        "string fields prompt (or query / question / instruction [+ input]), chosen, rejected "
-        "[+ system]"
+        "string fields prompt (or query / question / instruction [+ input, history]), chosen, "
+        "rejected [+ system]"
     )
     roles = {
         "prompt": PROMPT_SYNONYMS,
         "chosen": ("chosen",),
         "rejected": ("rejected",),
         "input": ("input",),
-        "system": ("system", "system_prompt"),  # Orca-style DPO pairs carry one per row
+        "history": ("history",),  # LLaMA-Factory's Alpaca format: [[user, assistant], ...]
     }
-    optional = ("input", "system")
+    optional = ("input", "history")
 
     def _prompt(self, row: Mapping[str, Any]) -> str:
         return _prompt_with_input(row, self.fields)
 
     def _extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair:
         prompt = self._prompt(row)
-        system = _optional_text(row, self.fields, "system")
+        history = _history(row, self.fields)
         chosen = _string(row, self.fields["chosen"])
         rejected = _string(row, self.fields["rejected"])
         if is_blank(prompt):
             raise _Problem(Status.EMPTY_PROMPT, f"field {self.fields['prompt']!r} is empty")
         _check_responses(chosen, rejected, (self.fields["chosen"], self.fields["rejected"]))
-        if system is not None:  # a system turn, then the prompt as the user's turn
-            return _messages_pair(row_id, (Turn("system", system), Turn("user", prompt)), chosen, rejected)
+        if history:
+            return _messages_pair(row_id, (*history, Turn("user", prompt)), chosen, rejected)
         return _string_pair(row_id, prompt, chosen, rejected)
 
 
@@ -467,12 +613,30 @@ class RepeatedPromptLayout(ImplicitMessagesLayout):
 
     def _fallback_prompt(self, row: Mapping[str, Any]) -> tuple[Turn, ...]:
         # Used only when the lists hold the reply alone: the prompt field is then the prompt.
+        if "prompt" not in self.fields:
+            return ()
         value = get_field(row, self.fields["prompt"])
         if isinstance(value, str):
             return (Turn("user", value),)
         if isinstance(value, (list, tuple)):
             return _turns(value, self.fields["prompt"])
         return ()
+
+
+class MessagesPairLayout(RepeatedPromptLayout):
+    name = "chosen_messages"
+    summary = "whole conversations in chosen_messages / rejected_messages (LLaMA-Factory)"
+    expects = (
+        "chosen_messages and rejected_messages as whole conversations ({role, content} "
+        "messages, content a string or typed parts [{type: text, value}]) that end with the "
+        "assistant reply and share every message before it [+ prompt_messages]"
+    )
+    roles = {
+        "prompt": ("prompt_messages",),
+        "chosen": ("chosen_messages",),
+        "rejected": ("rejected_messages",),
+    }
+    optional = ("prompt",)
 
 
 class HHLayout(Layout):
@@ -541,6 +705,18 @@ class HHLayout(Layout):
             rejected_text=rejected_text,
         )
 
+    def _with_system(self, pair: PreferencePair, system: str) -> PreferencePair:
+        """The dialogue string keeps its own text: ``"\n\nSystem: …"`` goes before it, as
+        render_plain renders a system turn, and the responses are unchanged."""
+        if self._check_system(pair, system):
+            return pair
+        sep = "" if pair.prompt_text.startswith("\n\n") else "\n\n"
+        return replace(
+            pair,
+            prompt=(Turn("system", system), *pair.prompt),
+            prompt_text=f"\n\nSystem: {system}{sep}{pair.prompt_text}",
+        )
+
 
 class _LabelLayout(Layout):
     """Two outputs and a label that says which one is preferred."""
@@ -553,6 +729,20 @@ class _LabelLayout(Layout):
 
     def _prompt(self, row: Mapping[str, Any]) -> str:
         return _string(row, self.fields["prompt"])
+
+    def _check_pair_list(self, row: Mapping[str, Any]) -> None:
+        """Outputs read from one list (``response.0``, ``response.1``): it must hold exactly two,
+        or the label (an index into two) would leave some of them out unseen."""
+        first = self.fields["first"]
+        if "." not in first or first in row:
+            return
+        field = first.split(".")[0]
+        value = get_field(row, field)
+        if isinstance(value, (list, tuple)) and len(value) != 2:
+            raise _Problem(
+                Status.INVALID_FIELD,
+                f"field {field!r} has {len(value)} responses; the label picks one of exactly two",
+            )
 
     def _label(self, row: Mapping[str, Any]) -> int:
         field = self.fields["label"]
@@ -574,12 +764,14 @@ class _LabelLayout(Layout):
             or number not in self.label_values
         ):
             raise _Problem(
-                Status.CONTRADICTORY_LABEL, f"label {field!r} is {value!r}; expected {allowed}"
+                Status.CONTRADICTORY_LABEL,
+                f"label {field!r} is {clip(repr(value), 60)}; expected {allowed}",
             )
         return self.label_values[number]
 
     def _extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair:
         prompt = self._prompt(row)
+        self._check_pair_list(row)
         outputs = (_string(row, self.fields["first"]), _string(row, self.fields["second"]))
         names = (self.fields["first"], self.fields["second"])
         index = self._label(row)
@@ -612,13 +804,13 @@ class PKULayout(_LabelLayout):
     name = "pku_saferlhf"
     summary = "two responses + preferred id (PKU-SafeRLHF)"
     expects = (
-        "prompt, response_0, response_1, better_response_id (0 or 1; safer_response_id with "
-        "--label-policy safer)"
+        "prompt, response_0 and response_1 (or a two-element response / responses list), "
+        "better_response_id (0 or 1; safer_response_id with --label-policy safer)"
     )
     roles = {
         "prompt": ("prompt",),
-        "first": ("response_0",),
-        "second": ("response_1",),
+        "first": ("response_0", "response.0", "responses.0"),
+        "second": ("response_1", "response.1", "responses.1"),
         "label": ("better_response_id",),
     }
     label_values = {0: 0, 1: 1}
@@ -643,6 +835,65 @@ class SHPLayout(_LabelLayout):
     label_values = {1: 0, 0: 1}
 
 
+class RankingLayout(Layout):
+    """A list of two or more responses ranked best first (LLaMA-Factory's ranking format)."""
+
+    name = "ranking"
+    summary = "ranked responses, best first"
+    expects = (
+        "a list of two or more responses ranked best first in output (LLaMA-Factory's ranking "
+        "format; response / responses / outputs / completions / candidates / answers with "
+        "--layout ranking), a prompt string in instruction [+ input] / prompt / question / query "
+        "or a message list in conversations / messages, optional history [[user, assistant], …]"
+    )
+    roles = {
+        "prompt": (*PROMPT_SYNONYMS, "conversations", "messages"),
+        "input": ("input",),
+        "responses": RESPONSE_LISTS,
+        "history": ("history",),
+    }
+    optional = ("input", "history")
+    alpaca_history_only = False  # history is part of the format, whatever the prompt is called
+
+    def __init__(self, fields: Mapping[str, str], options: LayoutOptions | None = None) -> None:
+        super().__init__(fields, options)
+        self.ranking_pair = self.options.ranking_pair or RANKING_PAIRS[0]
+        name = self.fields["responses"]
+        second = "1" if self.ranking_pair == "first-second" else "-1"
+        self.description += (
+            f"; chosen = {name}[0], rejected = {name}[{second}] "
+            f"(--ranking-pair {self.ranking_pair})"
+        )
+
+    def _prompt_turns(self, row: Mapping[str, Any]) -> tuple[Turn, ...]:
+        field = self.fields["prompt"]
+        value = _present(row, field)
+        if isinstance(value, str):
+            return (Turn("user", _prompt_with_input(row, self.fields)),)
+        return _turns(value, field)
+
+    def _extract(self, row_id: int, row: Mapping[str, Any]) -> PreferencePair:
+        turns = (*_history(row, self.fields), *self._prompt_turns(row))
+        field = self.fields["responses"]
+        ranked = _present(row, field)
+        if not isinstance(ranked, (list, tuple)):
+            raise _Problem(
+                Status.INVALID_FIELD, f"field {field!r} is {_kind(ranked)}, not a list of responses"
+            )
+        if len(ranked) < 2:
+            raise _Problem(
+                Status.INVALID_FIELD,
+                f"field {field!r} has {len(ranked)} response{'s' * (len(ranked) != 1)}; a ranking "
+                "needs at least two",
+            )
+        second = 1 if self.ranking_pair == "first-second" else len(ranked) - 1
+        names = (f"{field}.0", f"{field}.{second}")
+        chosen, rejected = _reply(ranked[0], names[0]), _reply(ranked[second], names[1])
+        _check_prompt_turns(turns, repr(self.fields["prompt"]))
+        _check_responses(chosen, rejected, names)
+        return _messages_pair(row_id, turns, chosen, rejected)
+
+
 LAYOUTS: dict[str, type[Layout]] = {
     cls.name: cls
     for cls in (
@@ -652,6 +903,8 @@ LAYOUTS: dict[str, type[Layout]] = {
         ImplicitMessagesLayout,
         HHLayout,
         ShareGPTLayout,
+        MessagesPairLayout,
+        RankingLayout,
         AlpacaFarmLayout,
         PKULayout,
         SHPLayout,
@@ -705,18 +958,19 @@ def _check_mapped_fields(
         top = path if path in columns else path.split(".")[0]
         if top not in columns:
             raise LayoutError(
-                f"{option} {path!r}: no such column; columns found: {', '.join(columns) or '(none)'}",
-                hint="use one of those names (a dotted path such as data.question reaches into "
-                "nested objects)",
+                f"{option} {path!r}: no such column; columns found: {clip_names(columns)}",
+                hint="use one of those names (a dotted path reaches into objects and lists: "
+                "data.question, response.0, output.-1)",
             )
-        if top != path and rows and all(get_field(r, path) is _MISSING for r in rows):
-            keys = sorted(
-                {k for r in rows for k in (get_field(r, top) or {}) if isinstance(k, str)}
-            )
+        if top == path or not rows:
+            continue
+        walked = [_walk(r, path) for r in rows if isinstance(r, Mapping)]
+        if walked and all(value is _MISSING for value, _ in walked):
             raise LayoutError(
-                f"{option} {path!r}: not found in the first {len(rows)} rows; "
-                f"{top!r} has keys: {', '.join(keys) or '(none: it is not an object)'}",
-                hint="check the dotted path",
+                f"{option} {path!r}: not found in any of the first {len(walked)} rows "
+                f"(row 0: {walked[0][1]})",
+                hint="check the dotted path: keys of objects, indices of lists (0 is the first "
+                "item, -1 the last)",
             )
 
 
@@ -737,10 +991,35 @@ def _check_label_policy(layout: Layout, options: LayoutOptions) -> None:
         )
 
 
+def _check_ranking_pair(layout: Layout, options: LayoutOptions) -> None:
+    choice = options.ranking_pair
+    if choice is None:
+        return
+    if choice not in RANKING_PAIRS:
+        raise OptionError(
+            f"--ranking-pair {choice!r} is not one of: {', '.join(RANKING_PAIRS)}",
+            hint="first-second (default): the best response against the runner-up; first-last: "
+            "the best against the worst",
+        )
+    if not isinstance(layout, RankingLayout):
+        raise OptionError(
+            f"--ranking-pair applies only to the ranking layout, not {layout.name}",
+            hint="leave --ranking-pair out, or force the layout with --layout ranking",
+        )
+
+
+def _ranked_lists(rows: Sequence[Mapping[str, Any]], field: str) -> bool:
+    """Every sample value of ``field`` is a list, and some hold two or more responses."""
+    values = _values(rows, field)
+    return (
+        bool(values)
+        and all(isinstance(v, (list, tuple)) for v in values)
+        and any(len(v) >= 2 for v in values)
+    )
+
+
 def _unpaired_error(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     cols = set(columns)
-    if "chosen" in cols or "rejected" in cols:
-        return
     if "completion" in cols and "label" in cols:
         labels = _values(rows, "label")
         if not labels or all(isinstance(v, bool) for v in labels):
@@ -751,7 +1030,7 @@ def _unpaired_error(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -
                 "desirable and an undesirable completion of the same prompt into "
                 "prompt/chosen/rejected rows first",
             )
-    for name in ("completions", "responses", "candidates", "outputs", "answers"):
+    for name in RESPONSE_LISTS:
         values = _values(rows, name)
         if name in cols and (not values or isinstance(values[0], (list, tuple))):
             ranked = [c for c in ("ranks", "rankings", "scores", "ratings") if c in cols]
@@ -759,8 +1038,14 @@ def _unpaired_error(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -
             raise LayoutError(
                 f"this looks like N-candidate data: a list of responses in {name!r}{extra}, "
                 "not one chosen/rejected pair per row",
-                hint="pick two responses per prompt in a preprocessing step (e.g. best and worst "
-                "by score) and write them as prompt/chosen/rejected",
+                hint=(
+                    "pick two responses per prompt in a preprocessing step (e.g. best and worst "
+                    "by score) and write them as prompt/chosen/rejected"
+                    if ranked
+                    else f"if the list is ordered best first, --layout ranking scores the first "
+                    f"response against the second (--ranking-pair first-last: against the last); "
+                    f"or map two of them: --chosen-field {name}.0 --rejected-field {name}.1"
+                ),
             )
 
 
@@ -782,7 +1067,7 @@ def _pair_layout(
             f"no prompt field, and {chosen_f!r} holds "
             + ("no values in the first rows" if first_chosen is None else _kind(first_chosen))
             + " without '\\n\\nHuman:' / '\\n\\nAssistant:' turn markers, so the prompt can't be "
-            f"told apart from the response (columns found: {', '.join(columns)})",
+            f"told apart from the response (columns found: {clip_names(columns)})",
             hint="name the prompt field with --prompt-field",
         )
     prompt_values = _values(rows, prompt_f)
@@ -804,6 +1089,33 @@ def _pair_layout(
     return ConversationalLayout.bind(columns, options)
 
 
+def _named_layout(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> type[Layout] | None:
+    """The layout whose field names the columns have, if one does (None: look further)."""
+    cols = set(columns)
+    if "conversations" in cols and {"chosen", "rejected"} <= cols:
+        return ShareGPTLayout
+    if {"chosen_messages", "rejected_messages"} <= cols:
+        return MessagesPairLayout
+    if {"output_1", "output_2", "preference"} <= cols:
+        return AlpacaFarmLayout
+    pku_labels = {"better_response_id", "safer_response_id"} & cols
+    if pku_labels and (
+        {"response_0", "response_1"} <= cols
+        or any(_ranked_lists(rows, name) for name in ("response", "responses") if name in cols)
+    ):
+        return PKULayout
+    if {"human_ref_A", "human_ref_B", "labels"} <= cols:
+        return SHPLayout
+    if (
+        "output" in cols
+        and not {"chosen", "rejected"} & cols
+        and not {"ranks", "rankings", "scores", "ratings"} & cols
+        and _ranked_lists(rows, "output")
+    ):
+        return RankingLayout
+    return None
+
+
 def detect_layout(
     columns: list[str], sample_rows: list[dict[str, Any]], options: LayoutOptions
 ) -> Layout:
@@ -811,7 +1123,7 @@ def detect_layout(
 
     Raises LayoutError when no layout fits (naming the fields found and what each layout
     expects), for unpaired (KTO) or N-candidate data, and for mapped fields that don't exist;
-    OptionError for an unknown ``--layout`` or ``--label-policy``.
+    OptionError for an unknown ``--layout``, ``--label-policy`` or ``--ranking-pair``.
     """
     columns = list(columns)
     _check_mapped_fields(columns, sample_rows, options)
@@ -819,34 +1131,26 @@ def detect_layout(
         cls = LAYOUTS.get(options.layout)
         if cls is None:
             raise OptionError(
-                f"unknown layout {options.layout!r}",
+                f"unknown layout {clip(options.layout, 60)!r}",
                 hint=f"choose one of: {', '.join(LAYOUTS)}",
             )
         layout = cls.bind(columns, options)
     elif options.prompt_field or options.chosen_field or options.rejected_field:
         layout = _pair_layout(columns, sample_rows, options)
     else:
-        _unpaired_error(columns, sample_rows)
-        cols = set(columns)
-        if "conversations" in cols and {"chosen", "rejected"} <= cols:
-            layout = ShareGPTLayout.bind(columns, options)
-        elif {"output_1", "output_2", "preference"} <= cols:
-            layout = AlpacaFarmLayout.bind(columns, options)
-        elif {"response_0", "response_1"} <= cols and (
-            {"better_response_id", "safer_response_id"} & cols
-        ):
-            layout = PKULayout.bind(columns, options)
-        elif {"human_ref_A", "human_ref_B", "labels"} <= cols:
-            layout = SHPLayout.bind(columns, options)
-        elif {"chosen", "rejected"} <= cols:
+        named = _named_layout(columns, sample_rows)
+        if named is not None:
+            layout = named.bind(columns, options)
+        elif {"chosen", "rejected"} <= set(columns):
             layout = _pair_layout(columns, sample_rows, options)
         else:
+            _unpaired_error(columns, sample_rows)
             raise LayoutError(
-                "no supported layout matches the fields found: "
-                + (", ".join(columns) or "(no columns)"),
+                f"no supported layout matches the fields found: {clip_names(columns)}",
                 hint="map your fields with --prompt-field/--chosen-field/--rejected-field, or force a "
                 f"layout with --layout NAME; the layouts and the fields they expect:"
                 f"{_expected_layouts()}",
             )
     _check_label_policy(layout, options)
+    _check_ranking_pair(layout, options)
     return layout

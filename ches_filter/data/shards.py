@@ -20,28 +20,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ches_filter import score_registry
 from ches_filter.data.values import checker, encode_json_text, json_text_columns, shorten
 from ches_filter.errors import DatasetError, OutputError
 
-#: Score columns appended to every original column, in this order (see docs/scores.md).
+#: Score columns appended to every original column, in this order: the score registry's
+#: declarations (:mod:`ches_filter.score_registry`; docs/scores.md lists them).
 SCORE_SCHEMA = pa.schema(
-    [
-        pa.field("row_id", pa.int64(), nullable=False),
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),
-        pa.field("ches", pa.float64()),
-        pa.field("ln_ches", pa.float64()),
-        pa.field("last_hidden_inner", pa.float64()),
-        pa.field("edit_distance", pa.float64()),
-        pa.field("dot_chosen_rejected", pa.float64()),
-        pa.field("sq_norm_chosen", pa.float64()),
-        pa.field("sq_norm_rejected", pa.float64()),
-        pa.field("prompt_tokens", pa.int32()),
-        pa.field("chosen_tokens", pa.int32()),
-        pa.field("rejected_tokens", pa.int32()),
-        pa.field("truncated", pa.bool_()),
-    ]
+    [pa.field(c.name, pa.type_for_alias(c.dtype), nullable=c.nullable) for c in score_registry.COLUMNS]
 )
 SCORE_COLUMNS: tuple[str, ...] = tuple(SCORE_SCHEMA.names)
 DATA_DIR = "data"
@@ -64,16 +50,28 @@ def shard_name(split: str, index: int, total: int) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.parquet"
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool) -> None:
-    """Check (before any model is loaded) that ``path`` can take a fresh set of shards."""
+def check_output_dir(path: Path, *, overwrite: bool) -> None:
+    """Raise an OutputError if ``path`` could not take a fresh set of shards; change nothing."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output {path} exists and is not a folder")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputError(
+            f"output folder {path} is not empty",
+            hint="choose another --output, or pass --overwrite to replace its shards",
+        )
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create output folder {path}: {existing} is not writable")
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool) -> None:
+    """Make ``path`` ready for a fresh set of shards (see :func:`check_output_dir`): with
+    ``overwrite``, the old manifest and shards are removed first."""
+    check_output_dir(path, overwrite=overwrite)
     if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputError(
-                f"output folder {path} is not empty",
-                hint="choose another --output, or pass --overwrite to replace its shards",
-            )
         # Remove what made the old output look complete before anything new is written.
         (path / MANIFEST_NAME).unlink(missing_ok=True)
         for old in (path / DATA_DIR).glob("*.parquet"):
@@ -312,11 +310,3 @@ class ShardWriter:
             "type the same in every row",
         )
 
-
-def read_scores(output_dir: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read the shards of a ``ches score`` output (optionally only some columns)."""
-    data_dir = Path(output_dir) / DATA_DIR
-    paths = sorted(data_dir.glob("*-of-*.parquet"))
-    if not paths:
-        raise OutputError(f"no score shards under {data_dir}", hint="run `ches score` first")
-    return pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)

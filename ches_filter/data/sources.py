@@ -934,16 +934,132 @@ def _looks_local(text: str) -> bool:
     return _format_of(Path(text)) is not None
 
 
-def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - datasets depends on huggingface_hub
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def _hub_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
+    """A hub dataset id: offline, its files in the local Hugging Face cache; online, ``datasets``."""
+    from ches_filter.hub_cache import NotCached, hub_offline, snapshot_folder
+
+    if hub_offline():
+        try:
+            snapshot = snapshot_folder(spec.dataset, repo_type="dataset", revision=spec.revision)
+        except NotCached as missing:
+            if missing.repo_cached:  # the repo is there, not this revision
+                raise DatasetError(
+                    str(missing),
+                    hint="pass one of those with --revision, or download it with network access",
+                ) from None
+            return _hub_datasets_source(spec, missing.cache, **kwargs)
+        return _cached_hub_source(spec, snapshot, **kwargs)
+    return _hub_datasets_source(spec, None, **kwargs)
+
+
+def _hub_config(
+    spec: SourceSpec, snapshot: Path, where: str
+) -> tuple[str | None, Path, dict[str, list[str]], bool]:
+    """The config to read (``configs:`` in the README's YAML front matter, as on the hub): its
+    name, the folder its patterns are relative to, its ``{split: patterns}``, and whether the
+    patterns are the card's own ``data_files`` (else inferred from file names)."""
+    from datasets.data_files import get_data_patterns, sanitize_patterns
+    from datasets.exceptions import DataFilesNotFoundError
+    from huggingface_hub.repocard import metadata_load
+
+    readme = snapshot / "README.md"
+    try:
+        meta = metadata_load(readme) if readme.is_file() else None
+    except Exception as exc:  # a YAML error in the card
+        raise DatasetError(
+            f"{where}: README.md front matter is not readable YAML ({_first_line(exc)})"
+        ) from None
+    configs = (meta or {}).get("configs") or []
+    if isinstance(configs, dict):
+        configs = [configs]
+    by_name = {str(c.get("config_name", "default")): c for c in configs if isinstance(c, dict)}
+    name = spec.config
+    if not by_name:
+        if name not in (None, "default"):
+            raise DatasetError(
+                f"{where} has no config {name!r}: its README declares no configs",
+                hint="leave --config out",
+            )
+        config: dict[str, Any] = {}
+    else:
+        if name is None:
+            defaults = [n for n, c in by_name.items() if c.get("default")]
+            if defaults:
+                name = defaults[0]
+            elif len(by_name) == 1 or "default" in by_name:
+                name = "default" if "default" in by_name else next(iter(by_name))
+            else:
+                raise DatasetError(
+                    f"{where} has several configs ({', '.join(sorted(by_name))}) and no default",
+                    hint="choose one with --config",
+                )
+        elif name not in by_name:
+            raise DatasetError(
+                f"{where} has no config {name!r}; configs: {', '.join(sorted(by_name))}",
+                hint="pass one of those with --config",
+            )
+        config = by_name[name]
+    base = snapshot / str(config.get("data_dir") or "")
+    try:
+        if "data_files" in config:
+            patterns = sanitize_patterns(config["data_files"])
+        else:
+            patterns = get_data_patterns(str(base))
+    except (DataFilesNotFoundError, FileNotFoundError, ValueError) as exc:
+        raise DatasetError(
+            f"{where}: no data files in the cached snapshot ({_first_line(exc)})",
+            hint="download the dataset again with network access",
+        ) from None
+    explicit = "data_files" in config
+    return name, base, {str(split): list(p) for split, p in patterns.items()}, explicit
+
+
+def _cached_hub_source(spec: SourceSpec, snapshot: Path, **kwargs: Any) -> RowSource:
+    """A hub dataset read from its cached snapshot with the local readers: the config's files of
+    the chosen split, resolved from the config's patterns the way ``datasets`` resolves them."""
+    from datasets.data_files import DataFilesList
+
+    where = f"hub dataset {spec.dataset}"
+    config, base, patterns, explicit = _hub_config(spec, snapshot, where)
+    split, _ = _pick_split({s: [] for s in patterns}, spec.split, where)
+    split = split or "train"
+    files: list[Path] = []
+    for pattern in patterns.get(split, []):
+        try:
+            found = DataFilesList.from_patterns([pattern], base_path=str(base))
+        except FileNotFoundError:
+            raise DatasetError(
+                f"{where}: {pattern} (config {config or 'default'}, split {split}) is not in the "
+                f"cached snapshot {snapshot.name}",
+                hint="the download was incomplete or of another config: download the dataset again "
+                "with network access",
+            ) from None
+        files.extend(Path(f) for f in found)
+    files = list(dict.fromkeys(files))  # a file two patterns match is read once
+    if explicit:  # the card names these files: each must be readable, none is skipped
+        bad = next((f for f in files if _format_of(f) is None), None)
+        if bad is not None:
+            raise _unsupported(bad)
+    # Patterns inferred from file names also match README.md and the like, as in datasets.
+    supported = [f for f in files if _format_of(f) is not None]
+    if not supported:
+        raise DatasetError(
+            f"{where}: no data files of a supported type for split {split}",
+            hint=f"supported: {SUPPORTED_FORMATS}",
+        )
+    fmt = _one_format(supported, where)
+    details = ", ".join(
+        f"{key} {value}"
+        for key, value in (("config", config), ("split", split), ("revision", spec.revision))
+        if value
+    )
+    desc = f"{where} (cached {snapshot.name[:12]}, {details})"
+    return _LocalSource(spec, supported, fmt, snapshot, description=desc, split=split, **kwargs)
+
+
+def _hub_datasets_source(spec: SourceSpec, hub_cache: Path | None, **kwargs: Any) -> RowSource:
+    """A hub dataset through ``datasets``: streaming online; offline (``hub_cache``: the hub cache
+    that lacks it), ``datasets`` looks in its own prepared cache."""
     import datasets
 
     name = spec.dataset
@@ -956,12 +1072,12 @@ def _hub_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
             streaming=True,
         )
     except Exception as exc:  # datasets raises many kinds; all mean "can't open this id"
-        if _hub_offline():
+        if hub_cache is not None:
             raise DatasetError(
-                f"{name!r} is not a local path and could not be reached offline "
-                "(HF_HUB_OFFLINE is set and it is not in the local cache)",
-                hint="check the path; or run once online so the dataset is cached; "
-                "or unset HF_HUB_OFFLINE",
+                f"{name!r} is not a local path and could not be reached offline: it is not in "
+                f"the local Hugging Face cache ({hub_cache})",
+                hint="check the path or the id; or download it once with network access "
+                f"(hf download --repo-type dataset {name}); or unset HF_HUB_OFFLINE",
             ) from None
         raise DatasetError(
             f"{name!r} is not a local path, and the Hub dataset could not be opened "

@@ -30,6 +30,13 @@ tensors: transformers' ``repeat_kv`` returns a zero-stride view when a model has
 head (Gemma-3-270M), and with torch 2.11 (cu130, H100) SDPA given such a view and a mask
 returned a wrong state (position 64 of a 65-token sequence, tiny Gemma-3 with a sliding
 window; contiguous copies of the same tensors gave the right one).
+
+Plain causal sequences (the ``two_sequences`` engine, the fallback to it, the out-of-memory
+retry of a single pair as two sequences, and the report's per-token highlighting) would run the
+model's own attention, hence that ``repeat_kv`` path. On CUDA they run under the ``ches``
+attention too, with an explicit 4D mask of the same rule (:func:`routes_plain_sequences`,
+:func:`sequence_inputs`); elsewhere, or for a model whose attention pattern such a mask can't
+express (:func:`layer_windows` raises), they keep the model's own attention.
 """
 
 from __future__ import annotations
@@ -108,6 +115,44 @@ def model_masks(config: Any, tensors: dict[str, Any], implementation: str, dtype
     for window in set(windows.values()):
         built[window] = _for_implementation(allowed_mask(*args, window), implementation, dtype)
     return {kind: built[window] for kind, window in windows.items()}
+
+
+def routes_plain_sequences(model: Any, device: Any, implementation: str) -> bool:
+    """Whether plain causal sequences run under the ``ches`` attention (module docstring).
+
+    True on CUDA, for the implementations the ``ches`` attention wraps, when an explicit mask can
+    express the model's attention pattern.
+    """
+    if getattr(device, "type", device) != "cuda" or implementation not in SUPPORTED_IMPLEMENTATIONS:
+        return False
+    try:
+        layer_windows(model.config)
+    except LayoutUnsupported:
+        return False
+    return True
+
+
+def sequence_inputs(model: Any, input_ids: Any, implementation: str, dtype: Any) -> dict[str, Any]:
+    """Forward keyword arguments that run unpadded causal rows ``input_ids`` under ``ches``.
+
+    Each row is one sequence from position 0: the explicit mask of :func:`model_masks` (causal,
+    sliding windows per layer type), position ids, and the plan the ``ches`` attention reads.
+    Use inside ``attention_implementation(model, CHES_ATTENTION)``.
+    """
+    import torch
+
+    rows, length = input_ids.shape
+    device = input_ids.device
+    tensors = {
+        "unit": torch.zeros((rows, length), dtype=torch.long, device=device),
+        "positions": torch.arange(length, device=device).expand(rows, length),
+        "branch": torch.full((rows, length), SHARED, dtype=torch.int8, device=device),
+    }
+    return {
+        "attention_mask": model_masks(model.config, tensors, implementation, dtype),
+        "position_ids": tensors["positions"],
+        "ches_plan": AttentionPlan(implementation=implementation, device=device, dtype=dtype),
+    }
 
 
 def layer_index(module: Any) -> int:

@@ -57,7 +57,7 @@ class ResolvedModel:
 
 @dataclass
 class LoadedModel:
-    model: Any  # the base model (no lm_head): model(input_ids, attention_mask).last_hidden_state
+    model: Any  # the base text model (no lm_head): model(input_ids, attention_mask).last_hidden_state
     tokenizer: Any
     resolved: ResolvedModel
     spec: ModelSpec
@@ -106,27 +106,57 @@ def _bundled_gguf(alias: str) -> Path:
     raise ModelError(f"unknown bundled model {alias!r}; bundled: {', '.join(BUNDLED)}")
 
 
-def _hub_cached(repo_id: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+def _hub_snapshot(name: str, revision: str | None) -> Path:
+    """Offline: the cached snapshot folder of hub model ``name`` at ``revision``, or ModelError."""
+    from ches_filter.hub_cache import NotCached, snapshot_folder
 
-    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    return isinstance(found, str)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+    try:
+        snapshot = snapshot_folder(name, repo_type="model", revision=revision)
+    except NotCached as missing:
+        if missing.repo_cached:
+            raise ModelError(
+                f"revision {missing.revision!r} of model {name!r} is not in the local Hugging Face "
+                f"cache (cached: {', '.join(missing.cached)}) and HF_HUB_OFFLINE is set",
+                hint="pass one of those with --model-revision, or download it with network access",
+            ) from None
+        raise ModelError(
+            f"model {name!r} is not in the local Hugging Face cache ({missing.cache}) and "
+            "HF_HUB_OFFLINE is set",
+            hint=f"download it once with network access (hf download {name}), "
+            "or pass a local folder / .gguf file",
+        ) from None
+    if not (snapshot / "config.json").is_file():
+        raise ModelError(
+            f"the cached snapshot of model {name!r} ({snapshot}) has no config.json",
+            hint="the download was incomplete: download it again with network access",
+        )
+    return snapshot
 
 
 def resolve_model(spec: ModelSpec) -> ResolvedModel:
-    """Find the weights without loading them; raise ModelError if they can't be had."""
+    """Find the weights without loading them; raise ModelError if they can't be had.
+
+    A hub id offline resolves to its snapshot folder in the local Hugging Face cache
+    (``spec.revision``: a branch, tag or commit sha), which is then loaded like a local folder.
+    """
     if spec.dtype not in DTYPES:
         raise OptionError(f"--dtype must be one of {', '.join(DTYPES)}, not {spec.dtype!r}")
     name = spec.name or DEFAULT_MODEL
+    path = Path(name).expanduser()
+    hub = name not in BUNDLED and path.suffix != ".gguf" and not path.exists()
+    if spec.revision is not None and not hub:
+        if name in BUNDLED:
+            what = f"{name} is a bundled model"
+        else:
+            what = f"{path} is a {'.gguf file' if path.suffix == '.gguf' else 'local path'}"
+        raise OptionError(
+            f"--model-revision applies to hub models only, and {what}",
+            hint="leave it out (--revision is the hub dataset's revision)",
+        )
     if name in BUNDLED:
         if name == "smollm2-135m-instruct":
             return ResolvedModel(model_id=name, kind="bundled", gguf_path=_bundled_gguf(name))
         return ResolvedModel(model_id=name, kind="bundled")  # Gemma is assembled at load time
-    path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"no such GGUF file: {path}")
@@ -144,11 +174,11 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
             f"unknown model {name!r}: not a local folder, a .gguf file, a hub id (owner/name) "
             f"or a bundled model ({', '.join(BUNDLED)})"
         )
-    if _offline() and not _hub_cached(name, spec.revision):
-        raise ModelError(
-            f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
-            hint="download it once with network access, or pass a local folder / .gguf file",
-        )
+    from ches_filter.hub_cache import hub_offline
+
+    if hub_offline():
+        snapshot = _hub_snapshot(name, spec.revision)
+        return ResolvedModel(model_id=name, kind="hub", local_path=snapshot)
     return ResolvedModel(model_id=name, kind="hub")
 
 
@@ -233,6 +263,23 @@ def pick_dtype(requested: str, device: Any) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
 
 
+def text_model(model: Any) -> Any:
+    """The language model of a multimodal checkpoint, else ``model`` itself.
+
+    Gemma-3 4B and up (``Gemma3ForConditionalGeneration``, config ``Gemma3Config``) and other
+    vision-language checkpoints load through ``AutoModel`` as a wrapper around a vision tower and
+    a language model, with the text settings (hidden size, layer types, sliding window) in
+    ``config.text_config``. CHES reads text only: the language model alone gives the same last
+    hidden states for text (no image tokens, nothing for the wrapper to add), and its own config
+    is the text config that the runner and the attention masks read. The vision weights are
+    dropped (they were loaded on the CPU and never reach the device).
+    """
+    language = getattr(model, "language_model", None)
+    if getattr(model.config, "text_config", None) is None or language is None:
+        return model
+    return language
+
+
 def load_model(spec: ModelSpec, *, log: Log | None = None) -> LoadedModel:
     """Load the base model (no lm_head) and its tokenizer, in eval mode on the chosen device."""
     import transformers
@@ -250,7 +297,7 @@ def load_model(spec: ModelSpec, *, log: Log | None = None) -> LoadedModel:
         revision = None
     else:
         source = str(resolved.local_path or resolved.model_id)
-        revision = spec.revision
+        revision = None if resolved.local_path else spec.revision  # a snapshot is one revision
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # our own progress goes to stderr
@@ -265,6 +312,7 @@ def load_model(spec: ModelSpec, *, log: Log | None = None) -> LoadedModel:
         raise ModelError(f"could not load model {resolved.model_id!r}: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+    model = text_model(model)
     model.to(device)
     model.eval()
     return LoadedModel(

@@ -156,6 +156,8 @@ class HiddenStateRunner:
         on_gpu = self.device.type == "cuda"
         self.row_tokens = row_tokens or (1024 if on_gpu else None)
         self.engine = self._choose(mode, attention, share_window_prefix)
+        # plain sequences on CUDA: the ches attention (key/value heads expanded), see attention.py
+        self.plain_via_ches = attn.routes_plain_sequences(self.model, self.device, self.implementation)
         if log and (self.engine.mode != mode or mode == "auto"):
             log(f"engine: {self.describe()}")
 
@@ -167,7 +169,8 @@ class HiddenStateRunner:
     def describe(self) -> str:
         how = f" via {self.engine.executor} attention" if self.engine.executor else ""
         shared = " + window prefix" if self.engine.window_prefix else ""
-        return f"{self.engine.mode}{how}{shared} ({self.engine.implementation}); {self.engine.reason}"
+        plain = "; plain sequences via the ches attention (key/value heads expanded)" if self.plain_via_ches else ""
+        return f"{self.engine.mode}{how}{shared} ({self.engine.implementation}); {self.engine.reason}{plain}"
 
     def _choose(self, mode: str, attention: str, share_window_prefix: bool) -> EngineChoice:
         implementation = self.implementation
@@ -396,8 +399,16 @@ class HiddenStateRunner:
         lasts.index_copy_(0, self._to_device(batch.last_slots), flat.index_select(0, last_tokens).float())
 
     def _forward_plain(self, batch: RowBatch, sums: Any, lasts: Any) -> None:
-        """One causal sequence per row: a 2D padding mask is all the model needs."""
+        """One causal sequence per row: a 2D padding mask is all the model needs.
+
+        With ``plain_via_ches`` (on CUDA) the rows go through the ``mask`` executor instead: the
+        same rule as an explicit mask, under the ``ches`` attention, which expands key/value heads.
+        """
         import torch
+
+        if self.plain_via_ches:
+            self._forward_layout(batch, "mask", sums, lasts)
+            return
 
         input_ids = self._to_device(batch.ids)
         padding = self._to_device((batch.unit >= 0).astype(np.int64))

@@ -177,6 +177,92 @@ def test_row_problems_do_not_stop_the_run(tiny, tmp_path):
     }
 
 
+# -- the layouts of issue #12: a ranking file, a response list, a wrong path ------------------
+
+
+def test_help_lists_every_layout():
+    from ches_filter.data.layouts import LAYOUTS
+
+    help_text = invoke("score", "--help").stdout.replace("\u2502", " ")  # rich's box, wrapped
+    text = " ".join(help_text.split())
+    assert "--ranking-pair" in text and "[default: first-second]" in text  # not eaten as markup
+    for name in LAYOUTS:
+        assert name in text, name
+
+
+def test_llamafactory_ranking_file_by_detection(tiny, tmp_path):
+    from ches_filter.pipeline import pair_id
+    from ches_filter.records import PreferencePair, Turn
+
+    path = FIXTURES / "llamafactory_ranking.jsonl"
+    source = [json.loads(line) for line in path.open()]
+    prompt = "Translate to French.\n\ncat"  # row 0: instruction + "\n\n" + input
+    for args, rejected, choice, by_status in (
+        ([], "chien", "rejected = output[1] (--ranking-pair first-second)",
+         {"ok": 2, "invalid_field": 1, "empty_response": 1}),
+        (["--ranking-pair", "first-last"], "cheval", "rejected = output[-1] (--ranking-pair first-last)",
+         {"ok": 3, "invalid_field": 1}),  # the last row's blank runner-up is skipped
+    ):  # fmt: skip
+        out = tmp_path / f"out{len(args)}"
+        result = invoke("score", path, "-o", out, "--json", *args, *tiny)
+        assert result.exit_code == 0, result.stderr
+        stderr = " ".join(result.stderr.split())  # rich may wrap the line
+        assert "detected: ranked responses, best first" in stderr and choice in stderr
+        assert json.loads(result.stdout)["by_status"] == by_status
+        rows = pq.read_table(out / "data" / "train-00000-of-00001.parquet").to_pylist()
+        assert [row["output"] for row in rows] == [row["output"] for row in source]
+        expected = PreferencePair(0, (Turn("user", prompt),), "chat", rejected, prompt, "chat", rejected)
+        assert rows[0]["pair_id"] == pair_id(expected, {})  # the pair the option picked
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["input"]["layout"] == "ranking"
+        assert manifest["options"]["ranking_pair"] == (args[1] if args else None)
+        # the report reads the rows back with the same layout and the same --ranking-pair
+        report = invoke("report", out, "--no-highlight", "--quiet", "--json", out / "r.json")
+        assert report.exit_code == 0, report.stderr
+        shown = {p["row_id"]: p for p in json.loads((out / "r.json").read_text())["top"]}
+        assert shown[0]["text"] == {"prompt": prompt, "chosen": "chat", "rejected": rejected,
+                                    "source": "layout"}  # fmt: skip
+
+
+def test_response_pair_file_by_the_documented_mapping(tiny, tmp_path):
+    path = FIXTURES / "response_pair.jsonl"
+    unmapped = invoke("score", path, "-o", tmp_path / "o1", *tiny)
+    assert unmapped.exit_code == 2
+    assert "--chosen-field response.0 --rejected-field response.1" in " ".join(unmapped.stderr.split())
+    out = tmp_path / "out"
+    result = invoke("score", path, "-o", out, "--json", "--chosen-field", "response.0",
+                    "--rejected-field", "response.1", *tiny)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "chosen='response.0', rejected='response.1'" in result.stderr
+    assert json.loads(result.stdout)["by_status"] == {"ok": 2, "invalid_field": 1}
+    rows = pq.read_table(out / "data" / "train-00000-of-00001.parquet").to_pylist()
+    assert "'response' has 1 item, no index 1" in rows[2]["reason"]
+    forced = invoke("score", path, "-o", tmp_path / "o2", "--json", "--layout", "ranking", *tiny)
+    assert forced.exit_code == 0, forced.stderr
+    ranked = pq.read_table(tmp_path / "o2" / "data" / "train-00000-of-00001.parquet").to_pylist()
+    for a, b in zip(rows[:2], ranked[:2], strict=True):  # the same pairs, the same scores
+        assert a["pair_id"] == b["pair_id"] and a["ln_ches"] == b["ln_ches"]
+
+
+def test_a_wrong_path_shows_at_most_200_characters_of_data(no_model_load, tmp_path):
+    """Before: "'response' has keys: " and then every response in the list, kilobytes of text."""
+    text = "§" * 5000  # a character no message uses: each one shown is dataset content
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": text, "response": [text, text]}) + "\n")
+    for option in ("response.2", "response.best", "prompt.0", "response.0.text"):
+        result = invoke("score", path, "-o", tmp_path / "out", "--chosen-field", option,
+                        "--rejected-field", "response.1")  # fmt: skip
+        assert_bad_input(result, f"--chosen-field '{option}': not found")
+        assert result.stderr.count("§") <= 200, result.stderr[:400]
+        assert len(result.stderr) < 600
+    wide = tmp_path / "wide.jsonl"
+    wide.write_text(json.dumps({f"field_{i:04d}_{'x' * 8}": i for i in range(5000)}) + "\n")
+    result = invoke("score", wide, "-o", tmp_path / "out")
+    assert_bad_input(result, "no supported layout matches the fields found: field_0000")
+    assert "4," in result.stderr and "more)" in result.stderr  # "… (4,9xx more)"
+    assert len(result.stderr.split("hint:")[0]) < 300
+
+
 # -- bad input: exit 2, one message, no traceback, no model load ------------------------------
 
 
@@ -257,6 +343,8 @@ def test_unpaired_and_n_candidate_data(no_model_load, tmp_path, fixture, words):
         (["--layout", "bogus"], ["unknown layout 'bogus'", "standard"]),
         (["--label-policy", "bogus"], ["--label-policy 'bogus' is not one of"]),
         (["--label-policy", "safer"], ["--label-policy safer applies only to the pku_saferlhf"]),
+        (["--ranking-pair", "first-last"], ["--ranking-pair applies only to the ranking layout"]),
+        (["--ranking-pair", "bogus"], ["--ranking-pair 'bogus' is not one of"]),
         (["--prompt-field", "nonexistent"], ["--prompt-field 'nonexistent': no such column",
                                              "prompt, chosen, rejected"]),
         (["--layout", "shp"], ["layout 'shp' needs a field", "prompt, chosen, rejected"]),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from score_fixtures import make_score_output, nasty_rows, patch_load_model
 
-from ches_filter.filtering import ScoreFolder, select_from_table
+from ches_filter.data.score_folder import ScoreFolder, select_from_table
 from ches_filter.report import build_report, render_html
 from ches_filter.selection import Rule
 

@@ -90,7 +90,7 @@ def test_score_pair_on_equal_sums_gives_zero(pair, n):
 
 
 def test_score_identical_is_zero_and_flagged():
-    result = scores.score_identical(tokenized(3, 3), status=Status.IDENTICAL, reason="same")
+    result = scores.score_identical(tokenized(3, 3, (4,), (4,)), status=Status.IDENTICAL, reason="same")
     assert (result.ches, result.ln_ches, result.edit_distance) == (0.0, 0.0, 0.0)
     assert result.status is Status.IDENTICAL and result.reason == "same"
     assert result.last_hidden_inner is None and result.dot_chosen_rejected is None

@@ -213,13 +213,14 @@ def test_fingerprints_are_stable_and_tell_tokenizers_apart(smol, gemma):
 def test_max_length_cuts_responses_and_keeps_the_prompt(smol):
     whole = encode(smol, SKY)
     P = whole.prompt_len
-    cut = encode(smol, SKY, max_length=P + 3)
-    assert cut.truncated and not cut.truncation_collapsed
+    # four tokens each: "It is blue." / "It is black,": the third differs and is read
+    cut = encode(smol, SKY, max_length=P + 4)
+    assert cut.truncated and not cut.truncation_collapsed and cut.degeneracy() is None
     assert cut.prompt_len == P and cut.chosen.ids[:P] == whole.chosen.ids[:P]
-    assert cut.chosen_response == whole.chosen_response[:3]
-    assert cut.rejected_response == whole.rejected_response[:3]
+    assert cut.chosen_response == whole.chosen_response[:4]
+    assert cut.rejected_response == whole.rejected_response[:4]
     for span in (cut.chosen, cut.rejected):
-        assert len(span.ids) == P + 3 and (span.start, span.end) == (P - 1, P + 2)
+        assert len(span.ids) == P + 4 and (span.start, span.end) == (P - 1, P + 3)
     room = P + len(whole.chosen_response)  # the chosen reply fits, the longer rejected one doesn't
     partly = encode(smol, SKY, max_length=room)
     assert partly.truncated and partly.chosen == whole.chosen
@@ -295,11 +296,17 @@ def test_official_convention_with_a_chat_template(smol):
 
 
 def test_official_convention_plain_text(gemma):
-    encoded = encode(gemma, pair("The sky is", " blue.", " green."), convention="official")
-    full = ids(gemma, "The sky is blue.", special=True)
-    assert encoded.chosen.ids == tuple(full) and full[0] == gemma.bos_token_id
-    assert encoded.chosen.ids[-1] != gemma.eos_token_id
-    assert encoded.chosen.end == len(full)
+    """No chat template: the script's <|prompter|>…<|assistant|> query, markers as new tokens."""
+    tok = PairTokenizer(gemma, TokenizationOptions(convention="official"))
+    encoded = tok.encode(pair("The sky is", " blue.", " green."))
+    prompter, assistant = len(gemma), len(gemma) + 1  # appended after the vocabulary
+    assert tok.tokenizer.convert_tokens_to_ids(["<|prompter|>", "<|assistant|>"]) == [prompter, assistant]
+    body = ids(gemma, "The sky is", special=False)
+    reply = ids(gemma, " blue.", special=False)
+    assert encoded.chosen.ids == (gemma.bos_token_id, prompter, *body, assistant, *reply)
+    assert encoded.prompt_len == len(body) + 3 and encoded.chosen.ids[-1] != gemma.eos_token_id
+    assert encoded.chosen.end == len(encoded.chosen.ids)
+    assert len(gemma) == prompter  # the caller's tokenizer is left alone
 
 
 def test_official_convention_truncates_each_text(smol):
