@@ -167,7 +167,14 @@ class ShardWriter:
         if table.num_rows == 0:
             return
         try:  # a missing column: KeyError; a type that won't cast: ArrowInvalid / NotImplemented
-            table = table.select(self.schema.names).cast(self.schema)
+            table = table.select(self.schema.names)
+            # Only columns of another type are cast (safely): pyarrow 26 corrupts a list<null>
+            # column cast to its own type (its offsets outrun its values).
+            columns = [
+                column if column.type == field.type else column.cast(field.type, safe=True)
+                for column, field in zip(table.columns, self.schema, strict=True)
+            ]
+            table = pa.Table.from_arrays(columns, schema=self.schema)
         except (KeyError, ValueError, TypeError, NotImplementedError) as exc:
             raise OutputError(f"rows do not fit the output's schema: {exc}") from None
         self._raise_failures(wait_for=self.MAX_PENDING - 1)

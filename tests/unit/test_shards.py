@@ -184,3 +184,18 @@ def test_a_with_block_that_ends_normally_closes(tmp_path):
         writer.write_rows(rows(0, 3))
     assert [p.name for p in writer.final_paths] == [f"train-0000{i}-of-00002.parquet" for i in range(2)]
     assert writer.close() == writer.final_paths  # closing again changes nothing
+
+
+def test_a_table_with_a_list_of_nulls_goes_in_unchanged(tmp_path):
+    """pyarrow 26's cast of a list<null> column read from Parquet to its own type corrupts it:
+    columns of the writer's own type are not cast."""
+    schema = pa.schema([("row_id", pa.int64()), ("x", pa.list_(pa.null()))])
+    pq.write_table(pa.table({"row_id": [0, 1], "x": [[None, None], [None]]}, schema=schema),
+                   tmp_path / "in.parquet")  # fmt: skip
+    table = pq.read_table(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    prepare_output_dir(out, overwrite=False)
+    with ShardWriter(out, split="train", schema=schema) as writer:
+        writer.write_table(table.filter(pa.array([True, True])))
+    written = pq.read_table(out / "data" / "train-00000-of-00001.parquet")
+    assert written.to_pylist() == [{"row_id": 0, "x": [None, None]}, {"row_id": 1, "x": [None]}]
