@@ -341,6 +341,7 @@ class ScorePlan:
             "layout": self.layout.name,
             "layout_description": self.layout.description,
             "columns": self.source.columns(),
+            "json_columns": self.source.json_columns(),
         }
 
     def output_holds_these_scores(self) -> bool:
@@ -364,6 +365,7 @@ def plan_scoring(
     limit: int | None = None,
     sample: int | None = None,
     seed: int = 0,
+    keep_json_columns: bool = False,
     model: str | ModelSpec | None = None,
     model_revision: str | None = None,
     dtype: str | None = None,
@@ -404,6 +406,7 @@ def plan_scoring(
         limit=limit,
         sample=sample,
         seed=seed,
+        keep_json_columns=keep_json_columns,
     )
     if not source.columns():
         raise DatasetError(f"{source.description} has no rows: nothing to score")
@@ -426,7 +429,7 @@ def plan_scoring(
         output=output,
         schema=schema,
         input_options={"split": split, "config": config, "revision": revision, "limit": limit,
-                       "sample": sample, "seed": seed},
+                       "sample": sample, "seed": seed, "keep_json_columns": keep_json_columns},
         rows_per_shard=rows_per_shard,
         window=window,
         tokenizer_workers=tokenizer_workers,
@@ -532,24 +535,6 @@ def output_rows(window: Window, scores: Sequence[PairScores]) -> list[dict[str, 
     return out
 
 
-class _LateFields:
-    """Says once per field when a row has a field the first rows did not have."""
-
-    def __init__(self, columns: Iterable[str], log: Log) -> None:
-        self.known = set(columns)
-        self.log = log
-
-    def check(self, window: Window) -> None:
-        for row_id, row in window.rows:
-            extra = [name for name in row if name not in self.known]
-            if extra:
-                self.known.update(extra)
-                self.log(
-                    f"row {row_id}: field(s) {', '.join(map(repr, extra))} are not among the columns "
-                    "found in the first rows and are not written to the output"
-                )
-
-
 def run_scoring(
     plan: ScorePlan,
     *,
@@ -585,11 +570,9 @@ def run_scoring(
     scoring_started = time.perf_counter()
     if progress is not None:
         progress(Progress(0, rows_total, 0, 0.0))
-    late_fields = _LateFields(plan.source.columns(), log)
 
     def finish(window: Window) -> None:
         scores = score_window(scorer, window)
-        late_fields.check(window)
         for row_scores in scores:
             totals.add(row_scores)
         writer.write_rows(output_rows(window, scores))
@@ -784,6 +767,7 @@ def score_dataset(
     limit: int | None = None,
     sample: int | None = None,
     seed: int = 0,
+    keep_json_columns: bool = False,
     model: str | ModelSpec | None = None,
     model_revision: str | None = None,
     dtype: str | None = None,
@@ -806,12 +790,15 @@ def score_dataset(
     ``options=ScoreOptions(...)`` or as keywords (``layout=``, ``max_length=``,
     ``use_chat_template=``, ``convention=``, ``max_batch_tokens=`` …). ``tokenizer_workers``:
     processes tokenising ahead of the model (None: none on a CPU, one per spare core up to 8 on
-    an accelerator; the scores do not depend on it). Raises a ``ChesError`` for bad input
-    before any model is loaded. The same as ``run_scoring(plan_scoring(...))``.
+    an accelerator; the scores do not depend on it). ``keep_json_columns``: store a column that
+    no Arrow type holds exactly as the JSON text of each value, instead of failing (see
+    docs/formats.md). Raises a ``ChesError`` for bad input before any model is loaded. The same
+    as ``run_scoring(plan_scoring(...))``.
     """
     plan = plan_scoring(
         dataset, output=output, split=split, config=config, revision=revision, limit=limit,
-        sample=sample, seed=seed, model=model, model_revision=model_revision, dtype=dtype,
+        sample=sample, seed=seed, keep_json_columns=keep_json_columns, model=model,
+        model_revision=model_revision, dtype=dtype,
         device=device, trust_remote_code=trust_remote_code, options=options,
         rows_per_shard=rows_per_shard, window=window, tokenizer_workers=tokenizer_workers,
         overwrite=overwrite, command=command, **option_values,

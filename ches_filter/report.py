@@ -37,6 +37,7 @@ from .data.score_folder import (
     table_fingerprint,
 )
 from .data.shards import MANIFEST_NAME, atomic_write_bytes
+from .data.values import decode_json_text, json_text_columns
 from .errors import ChesError, DatasetError, ModelError, OutputError
 from .selection import (
     DEFAULT_BY,
@@ -180,7 +181,8 @@ def _read_rows(folder: ScoreFolder, row_ids: list[int]) -> dict[int, dict[str, A
     rows: dict[int, dict[str, Any]] = {}
     for shard in folder.shards:
         part = pq.read_table(shard, columns=columns, filters=pc.field("row_id").isin(wanted))
-        for row in part.to_pylist():
+        # Columns stored as JSON text (--keep-json-columns) are decoded for the layout.
+        for row in decode_json_text(part.to_pylist(), json_text_columns(part.schema)):
             rid = int(row.pop("row_id"))
             rows[rid] = row
     return rows

@@ -53,6 +53,12 @@ def score_command(
         typer.Option("--sample", rich_help_panel=INPUT, help="Score a uniform random sample of N rows."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", rich_help_panel=INPUT, help="Seed for --sample.")] = 0,
+    keep_json_columns: Annotated[
+        bool,
+        typer.Option("--keep-json-columns", rich_help_panel=INPUT,
+                     help="Store a column whose values no single type holds (text in one row, an "
+                     "object in another) as the JSON text of each value, instead of stopping."),
+    ] = False,
     layout: Annotated[
         str | None,
         typer.Option("--layout", rich_help_panel=LAYOUT,
@@ -205,6 +211,7 @@ def score_command(
             limit=limit,
             sample=sample,
             seed=seed,
+            keep_json_columns=keep_json_columns,
             model=model,
             model_revision=model_revision,
             dtype=dtype,

@@ -9,7 +9,6 @@ never a shard that looks complete. Writing happens on a background thread (``Sha
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ches_filter import score_registry
+from ches_filter.data.values import checker, encode_json_text, json_text_columns, shorten
 from ches_filter.errors import DatasetError, OutputError
 
 #: Score columns appended to every original column, in this order: the score registry's
@@ -124,11 +124,9 @@ class ShardWriter:
         self.rows_per_shard = rows_per_shard
         self.final_paths: list[Path] = []
         self.rows_written = 0  # rows in shards on disk or in the open shard (writer thread)
-        self._text_fields = [
-            field.name
-            for field in schema
-            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-        ]
+        self._json_fields = json_text_columns(schema)  # values written as their JSON text
+        self._checks = [(field.name, checker(field.type)) for field in schema]
+        self._names = frozenset(schema.names)
         # Owned by the writer thread once started:
         self._group: list[pa.Table] = []  # converted rows not yet written as a row group
         self._group_rows = 0
@@ -169,7 +167,14 @@ class ShardWriter:
         if table.num_rows == 0:
             return
         try:  # a missing column: KeyError; a type that won't cast: ArrowInvalid / NotImplemented
-            table = table.select(self.schema.names).cast(self.schema)
+            table = table.select(self.schema.names)
+            # Only columns of another type are cast (safely): pyarrow 26 corrupts a list<null>
+            # column cast to its own type (its offsets outrun its values).
+            columns = [
+                column if column.type == field.type else column.cast(field.type, safe=True)
+                for column, field in zip(table.columns, self.schema, strict=True)
+            ]
+            table = pa.Table.from_arrays(columns, schema=self.schema)
         except (KeyError, ValueError, TypeError, NotImplementedError) as exc:
             raise OutputError(f"rows do not fit the output's schema: {exc}") from None
         self._raise_failures(wait_for=self.MAX_PENDING - 1)
@@ -237,12 +242,26 @@ class ShardWriter:
     # -- the writer thread ---------------------------------------------------------------
 
     def _append(self, rows: list[Mapping[str, Any]]) -> None:
-        if self._text_fields:
-            rows = [self._as_text(row) for row in rows]
+        """Rows of Python values → Arrow, checked: a value is written only if it fits exactly.
+
+        ``from_pylist`` alone truncates a float in an int64 column and drops a key a struct
+        type lacks; every row is checked against the schema first (:mod:`.values`), and one
+        that doesn't fit stops the run with an error naming its row and field.
+        """
+        if self._json_fields:
+            rows = [self._as_json_text(row) for row in rows]
+        for position, row in enumerate(rows):
+            extra = row.keys() - self._names
+            if extra:
+                raise self._schema_error(row, position, sorted(extra)[0], "is not in the schema")
+            for name, check in self._checks:
+                problem = check(row.get(name))
+                if problem is not None:
+                    raise self._schema_error(row, position, name + problem[0], problem[1])
         try:
             table = pa.Table.from_pylist(rows, schema=self.schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise self._schema_error(rows, exc) from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # a type the checks leave to Arrow
+            raise DatasetError(f"rows do not fit the dataset's schema: {exc}") from None
         self._append_table(table)
 
     def _append_table(self, table: pa.Table) -> None:
@@ -298,32 +317,23 @@ class ShardWriter:
         self._temp_paths.append(tmp)
         self._shard, self._shard_rows = None, 0
 
-    def _as_text(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
-        """A non-string value in a string column (JSON input that mixes types) as JSON text."""
-        odd = [
-            name
-            for name in self._text_fields
-            if (value := row.get(name)) is not None and not isinstance(value, str)
-        ]
-        if not odd:
-            return row
+    def _as_json_text(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The JSON-text columns (``--keep-json-columns``) of a row encoded: ``json.loads`` of
+        each gives its value back; a null stays null."""
         fixed = dict(row)
-        for name in odd:
-            fixed[name] = json.dumps(row[name], ensure_ascii=False, default=str)
+        for name in self._json_fields:
+            fixed[name] = encode_json_text(row.get(name))
         return fixed
 
-    def _schema_error(self, rows: list[Mapping[str, Any]], exc: Exception) -> DatasetError:
-        """Name the first row and field that don't fit the schema of the first rows."""
-        for position, row in enumerate(rows):
-            for name in self.schema.names:
-                try:
-                    pa.array([row.get(name)], type=self.schema.field(name).type)
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
-                    where = row.get("row_id", position)
-                    return DatasetError(
-                        f"row {where}: field {name!r} holds {type(row.get(name)).__name__} "
-                        f"{str(row.get(name))[:60]!r}, but earlier rows made it "
-                        f"{self.schema.field(name).type}",
-                        hint="make the column's type consistent across rows",
-                    )
-        return DatasetError(f"rows do not fit the dataset's schema: {exc}")
+    def _schema_error(
+        self, row: Mapping[str, Any], position: int, field: str, problem: str
+    ) -> DatasetError:
+        where = f"row_id {row['row_id']}" if "row_id" in row else f"row {position}"
+        return DatasetError(
+            f"{where}: field {shorten(field)!r} {problem} (the output's schema was fixed before "
+            "this row)",
+            hint="a streamed dataset is typed from its first rows: download its files and "
+            "score them locally, where every row is read before writing; or make the field's "
+            "type the same in every row",
+        )
+

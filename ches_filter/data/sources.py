@@ -6,8 +6,12 @@ only for hub ids. ``row_id`` is the 0-based position of a row in the source (the
 or glob are read in sorted order) and survives ``limit``/``sample``.
 
 Cheap checks happen in :func:`open_source` (the path exists, the format is known, the first rows
-parse), so a typo fails before any model is loaded. A malformed line further down surfaces while
-iterating, still as a :class:`~ches_filter.errors.DatasetError` naming the file and line.
+parse), so a typo fails before any model is loaded. :meth:`RowSource.arrow_schema` gives the one
+Arrow schema every row is written back with, losslessly (:mod:`.values`): a stored schema is kept;
+local JSON and CSV files get a first pass over every row that types each field (and finds a
+malformed line 1,500 or a field no type can hold, before the model loads); a stream without a
+stored schema is typed from its first rows. Errors are :class:`~ches_filter.errors.DatasetError`
+naming the file and line (or row_id) and the field.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ches_filter.data.values import Location, SchemaInference, TypeConflict, json_text_columns
 from ches_filter.errors import DatasetError, OptionError
 
 SUPPORTED_FORMATS = (
@@ -51,12 +56,12 @@ _EXTENSIONS: dict[str, str] = {
 }
 #: Rows read (and parsed) by ``open_source`` so that malformed input fails early.
 EAGER_ROWS = 100
-#: Rows Arrow infers a JSON schema from; then up to ``_NULL_SCAN_ROWS`` more for all-null columns.
+#: A stream without a stored schema (a hub dataset without features) is typed from its first
+#: ``_SCHEMA_ROWS`` rows, then up to ``_NULL_SCAN_ROWS`` more while a field is still only null.
 _SCHEMA_ROWS = 1000
 _NULL_SCAN_ROWS = 100_000
 _BATCH_ROWS = 1024
 _READ_CHUNK = 1 << 20
-_COUNT_BYTES_MAX = 512 << 20  # count jsonl rows for the ETA only below this size
 _MAX_JSON_OBJECT = 256 << 20
 _KNOWN_SPLITS = ("train", "validation", "valid", "dev", "test", "eval", "evaluation")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -133,6 +138,12 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _jsonl_rows(path: Path, display: str) -> Iterator[Row]:
+    for _, row in _jsonl_lines(path, display):
+        yield row
+
+
+def _jsonl_lines(path: Path, display: str) -> Iterator[tuple[int, Row]]:
+    """``(line number, row)`` of a JSON lines file (1-based numbers; blank lines are skipped)."""
     # Lines are split as bytes and decoded one by one, so errors carry the exact line number.
     lineno = 0
     try:
@@ -155,7 +166,7 @@ def _jsonl_rows(path: Path, display: str) -> Iterator[Row]:
                         f"{display} line {lineno}: expected a JSON object, found {_json_type(value)}",
                         hint="every line of a JSON lines file must be one JSON object (a row)",
                     )
-                yield value
+                yield lineno, value
     except _IO_ERRORS as exc:
         raise _io_error(display, exc, f" line {lineno}") from None
 
@@ -250,7 +261,12 @@ def _json_array_rows(handle: io.TextIOBase, display: str) -> Iterator[Row]:
 
 
 def _json_rows(path: Path, display: str) -> Iterator[Row]:
-    """A ``.json`` file: a top-level array of objects, or JSON lines."""
+    for _, row in _json_located(path, display):
+        yield row
+
+
+def _json_located(path: Path, display: str) -> Iterator[tuple[int | None, Row]]:
+    """A ``.json`` file: a top-level array of objects (line number None), or JSON lines."""
     try:
         with _open_text(path) as handle:
             first = ""
@@ -259,8 +275,8 @@ def _json_rows(path: Path, display: str) -> Iterator[Row]:
                 if first == "":
                     return  # an empty file: no rows
             if first == "[":
-                rest = _json_array_rows(_Prepend(first, handle), display)
-                yield from rest
+                for row in _json_array_rows(_Prepend(first, handle), display):
+                    yield None, row
                 return
     except _IO_ERRORS as exc:
         raise _io_error(display, exc) from None
@@ -281,7 +297,7 @@ def _json_rows(path: Path, display: str) -> Iterator[Row]:
                 f"{display}: the file holds one JSON object, not rows",
                 hint="a .json file must hold an array of objects, or one JSON object per line",
             ) from None
-    yield from _jsonl_rows(path, display)
+    yield from _jsonl_lines(path, display)
 
 
 class _Prepend(io.TextIOBase):
@@ -350,43 +366,91 @@ def _arrow_schema(path: Path, display: str) -> pa.Schema:
         raise DatasetError(f"{display}: not a readable Arrow file ({exc})") from None
 
 
+_CSV_INT = r"^(|0|-?[1-9][0-9]*)$"  # canonical integers (or an empty cell): the text round-trips
+
+
+def _csv_reader(stream: Any, column_types: dict[str, pa.DataType] | None) -> Any:
+    import pyarrow.csv as pacsv
+
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(block_size=_READ_CHUNK),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=column_types or {}, null_values=[""], strings_can_be_null=False
+        ),
+    )
+
+
 def _csv_batches(
     path: Path, display: str, column_types: dict[str, pa.DataType] | None
 ) -> Iterator[pa.RecordBatch | pa.Schema]:
-    """First the schema Arrow infers (from the first block), then the record batches."""
-    import pyarrow.csv as pacsv
-
+    """First the file's schema, then its record batches (``column_types`` for every column)."""
     started = False
     try:
         with pa.input_stream(str(path), compression="detect") as stream:
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(block_size=_READ_CHUNK),
-                convert_options=pacsv.ConvertOptions(column_types=column_types or {}),
-            )
+            reader = _csv_reader(stream, column_types)
             yield reader.schema
             started = True
             yield from reader
     except (pa.ArrowException, OSError) as exc:
-        if not started:
-            raise DatasetError(f"{display}: not a readable CSV file ({exc})") from None
         raise DatasetError(
-            f"{display}: cannot read CSV past the first rows ({exc})",
-            hint="a column probably changes type further down (e.g. numbers, then text); "
-            "convert the file to JSON lines or Parquet",
+            f"{display}: not a readable CSV file"
+            + (" past its first rows" if started else "")
+            + f" ({_first_line(exc)})"
         ) from None
 
 
-def _csv_schema(path: Path, display: str) -> pa.Schema:
-    # Arrow infers CSV types from the first block (1 MiB). A column that is empty there would be
-    # typed null and break on the first value further down, so it is read as strings instead.
+def _csv_names(path: Path, display: str) -> list[str]:
     batches = _csv_batches(path, display, None)
     try:
         schema = next(batches)
     finally:
         batches.close()
     assert isinstance(schema, pa.Schema)
-    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema])
+    return list(schema.names)
+
+
+def _csv_schema(files: list[Path], displays: list[str]) -> tuple[pa.Schema, int]:
+    """Column types of CSV files, from every cell (a full pass), and the number of rows.
+
+    A cell's value is its text. A column is ``int64`` when every non-empty cell of every file is
+    an integer written the canonical way (no ``+``, no leading zeros, within 64 bits), so the
+    number gives the text back; an empty cell there is null. Every other column is ``string``,
+    each cell exactly as in the file ("007", "1.0", "0.5", "true" stay text).
+    """
+    import pyarrow.compute as pc
+
+    names = _csv_names(files[0], displays[0])
+    integer = dict.fromkeys(names, True)
+    filled = dict.fromkeys(names, False)
+    rows = 0
+    for path, display in zip(files, displays, strict=True):
+        mine = _csv_names(path, display) if path is not files[0] else names
+        if sorted(mine) != sorted(names):
+            raise DatasetError(
+                f"{display} has columns {mine}, but {displays[0]} has {names}",
+                hint="all files of a dataset must have the same columns",
+            )
+        for batch in _csv_batches(path, display, dict.fromkeys(mine, pa.string())):
+            if isinstance(batch, pa.Schema):
+                continue
+            rows += batch.num_rows
+            for name in names:
+                if not integer[name]:
+                    continue
+                column = batch.column(name)
+                if not pc.all(pc.match_substring_regex(column, _CSV_INT)).as_py():
+                    integer[name] = False
+                    continue
+                cells = pc.filter(column, pc.not_equal(column, ""))
+                filled[name] = filled[name] or len(cells) > 0
+                try:
+                    pc.cast(cells, pa.int64())
+                except pa.ArrowInvalid:  # beyond 64 bits
+                    integer[name] = False
+    types = {n: pa.int64() if integer[n] and filled[n] else pa.string() for n in names}
+    return pa.schema([pa.field(n, types[n]) for n in names]), rows
 
 
 def _csv_rows(path: Path, display: str, schema: pa.Schema) -> Iterator[Row]:
@@ -394,45 +458,10 @@ def _csv_rows(path: Path, display: str, schema: pa.Schema) -> Iterator[Row]:
     next(batches)  # the schema: the one given
     for batch in batches:
         assert isinstance(batch, pa.RecordBatch)
-        yield from batch.to_pylist()
+        yield from batch.select(schema.names).to_pylist()
 
 
 # --------------------------------------------------------------------------- schema inference
-
-
-def _replace_null(dtype: pa.DataType) -> pa.DataType:
-    """``null`` (also nested: ``list<null>``, struct fields) → ``string``."""
-    if pa.types.is_null(dtype):
-        return pa.string()
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        item = _replace_null(dtype.value_type)
-        return pa.large_list(item) if pa.types.is_large_list(dtype) else pa.list_(item)
-    if pa.types.is_struct(dtype):
-        return pa.struct(
-            [
-                dtype.field(i).with_type(_replace_null(dtype.field(i).type))
-                for i in range(dtype.num_fields)
-            ]
-        )
-    return dtype
-
-
-def _has_null(dtype: pa.DataType) -> bool:
-    return _replace_null(dtype) != dtype
-
-
-def _chunk_schema(rows: list[Row], names: list[str], display: str) -> pa.Schema:
-    fields = []
-    for name in names:
-        try:
-            dtype = pa.array([row.get(name) for row in rows]).type
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            # Values of several types (a response that is sometimes a number or a list): a string
-            # column, so the run goes on; the writer stores the non-string values as JSON text
-            # (see ShardWriter) and the layout gives those rows ``invalid_field``.
-            dtype = pa.string()
-        fields.append(pa.field(name, dtype))
-    return pa.schema(fields)
 
 
 def _unify(schemas: list[pa.Schema], display: str) -> pa.Schema:
@@ -445,35 +474,19 @@ def _unify(schemas: list[pa.Schema], display: str) -> pa.Schema:
         ) from None
 
 
-def _infer_json_schema(rows: Iterator[Row], display: str) -> pa.Schema:
-    """An explicit Arrow schema for schemaless (JSON, hub) rows.
+def _describe_location(where: Location) -> str:
+    file, unit, number = where
+    return f"{file} {unit} {number}" if file else f"{unit} {number}"
 
-    Arrow infers each column's type from the first ``_SCHEMA_ROWS`` rows (columns in order of
-    first appearance; int and float widen to float). A column that is all-null there (or has a
-    null-typed part, e.g. only empty lists) is re-inferred from up to ``_NULL_SCAN_ROWS`` more
-    rows, unified permissively; what is still null after that is typed ``string``, the usual type
-    of the fields of preference data. A column whose values mix types is typed ``string``: its
-    strings are written back unchanged, its other values as JSON text. A later value of another
-    type fails when written back, unless the column is a string column.
-    """
-    first = list(islice(rows, _SCHEMA_ROWS))
-    names: dict[str, None] = {}
-    for row in first:
-        names.update(dict.fromkeys(row))
-    schema = _chunk_schema(first, list(names), display)
-    pending = [f.name for f in schema if _has_null(f.type)]
-    scanned = 0
-    while pending and scanned < _NULL_SCAN_ROWS:
-        chunk = list(islice(rows, _SCHEMA_ROWS))
-        if not chunk:
-            break
-        scanned += len(chunk)
-        extra = _chunk_schema(chunk, pending, display)
-        merged = _unify([pa.schema([schema.field(n) for n in pending]), extra], display)
-        for name in pending:
-            schema = schema.set(schema.get_field_index(name), merged.field(name))
-        pending = [n for n in pending if _has_null(schema.field(n).type)]
-    return pa.schema([f.with_type(_replace_null(f.type)) for f in schema])
+
+def _conflict_error(name: str, conflict: TypeConflict) -> DatasetError:
+    return DatasetError(
+        f"{name}: {conflict.message(_describe_location)}; no column type holds all of its values "
+        "exactly",
+        hint=f"`ches score --keep-json-columns` (keep_json_columns=True in Python) stores column "
+        f"{conflict.column!r} as the JSON text of each value; or make the field's type the same "
+        "in every row",
+    )
 
 
 # --------------------------------------------------------------------------- sources
@@ -495,6 +508,7 @@ class RowSource(ABC):
         limit: int | None = None,
         sample: int | None = None,
         seed: int = 0,
+        keep_json_columns: bool = False,
     ) -> None:
         self.spec = spec
         self.description = description
@@ -502,6 +516,7 @@ class RowSource(ABC):
         self.limit = limit
         self.sample = sample
         self.seed = seed
+        self.keep_json_columns = keep_json_columns
         self._schema: pa.Schema | None = None
         self._fingerprint: str | None = None
 
@@ -526,13 +541,38 @@ class RowSource(ABC):
         return list(self.arrow_schema().names)
 
     def arrow_schema(self) -> pa.Schema:
-        """An explicit Arrow schema of the original columns, the same for the whole stream."""
+        """An explicit Arrow schema of the original columns, the same for the whole stream.
+
+        A stored schema (Parquet, Arrow, hub features) is kept as it is; otherwise the schema is
+        inferred (:meth:`_infer_schema`) so that every value fits it exactly, or a
+        :class:`DatasetError` names the field and rows that no column type can hold together.
+        """
         if self._schema is None:
             stored = self._stored_schema()
-            self._schema = (
-                stored if stored is not None else _infer_json_schema(self._rows(), self.description)
-            )
+            self._schema = stored if stored is not None else self._infer_schema()
         return self._schema
+
+    def json_columns(self) -> list[str]:
+        """The columns stored as the JSON text of each value (``keep_json_columns``)."""
+        return json_text_columns(self.arrow_schema())
+
+    def _schema_name(self) -> str:
+        return self.description
+
+    def _infer_schema(self) -> pa.Schema:
+        """A stream's schema, from its first rows (see ``_SCHEMA_ROWS``); every later row is
+        checked against it when written, and one that does not fit stops the run, by name."""
+        inference = SchemaInference(keep_json=self.keep_json_columns)
+        try:
+            for index, row in enumerate(self._limited()):
+                if index >= _SCHEMA_ROWS and (
+                    index >= _SCHEMA_ROWS + _NULL_SCAN_ROWS or not inference.has_null_parts()
+                ):
+                    break
+                inference.observe(row, (None, "row_id", index))
+            return inference.schema()
+        except TypeConflict as conflict:
+            raise _conflict_error(self._schema_name(), conflict) from None
 
     def peek(self, n: int) -> list[Row]:
         """The first ``n`` rows (after ``limit``, before ``sample``), without consuming anything."""
@@ -590,18 +630,52 @@ class _LocalSource(RowSource):
         self.files = files
         self.fmt = fmt
         self.root = root
+        self._row_count: int | None = None  # rows seen by the schema pass (after ``limit``)
 
     def _display(self, path: Path) -> str:
         return path.name if len(self.files) == 1 else _relative(path, self.root)
 
+    def _schema_name(self) -> str:
+        return self._display(self.files[0]) if len(self.files) == 1 else self.description
+
+    def _located(self) -> Iterator[tuple[Location, Row]]:
+        """JSON rows with where each comes from: a line (JSON lines) or a row_id (an array)."""
+        index = 0
+        for path in self.files:
+            display = self._display(path)
+            label = display if len(self.files) > 1 else None
+            reader = _jsonl_lines if self.fmt == "jsonl" else _json_located
+            for line, row in reader(path, display):
+                yield ((label, "line", line) if line is not None else (label, "row_id", index)), row
+                index += 1
+
+    def _infer_schema(self) -> pa.Schema:
+        """JSON: one pass over every row (after ``limit``) that types every field (and checks
+        every line parses); CSV: one pass over every cell (see :func:`_csv_schema`)."""
+        if self.fmt == "csv":
+            schema, self._row_count = _csv_schema(self.files, [self._display(p) for p in self.files])
+            if self.limit is not None:
+                self._row_count = min(self._row_count, self.limit)
+            return schema
+        inference = SchemaInference(keep_json=self.keep_json_columns)
+        located = self._located()
+        if self.limit is not None:
+            located = islice(located, self.limit)
+        try:
+            for where, row in located:
+                inference.observe(row, where)
+            schema = inference.schema()
+        except TypeConflict as conflict:
+            raise _conflict_error(self._schema_name(), conflict) from None
+        self._row_count = inference.rows
+        return schema
+
     def _stored_schema(self) -> pa.Schema | None:
-        if self.fmt in ("json", "jsonl"):
+        if self.fmt in ("json", "jsonl", "csv"):
             return None
-        reader = {"parquet": _parquet_schema, "arrow": _arrow_schema, "csv": _csv_schema}[self.fmt]
+        reader = {"parquet": _parquet_schema, "arrow": _arrow_schema}[self.fmt]
         schemas = [reader(path, self._display(path)) for path in self.files[:1]]
         names = schemas[0].names
-        if self.fmt == "csv":
-            return schemas[0]  # the first file's types are imposed on the others when read
         for path in self.files[1:]:
             schema = reader(path, self._display(path))
             if sorted(schema.names) != sorted(names):
@@ -619,14 +693,10 @@ class _LocalSource(RowSource):
             import pyarrow.parquet as pq
 
             return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
-        if self.fmt != "jsonl" or sum(p.stat().st_size for p in self.files) > _COUNT_BYTES_MAX:
-            return None
-        lines = 0
-        for path in self.files:
-            with _open_binary(path) as handle:
-                for line in handle:
-                    lines += bool(line.strip())
-        return lines
+        if self.fmt in ("json", "jsonl", "csv"):
+            self.arrow_schema()  # its pass counts the rows
+            return self._row_count
+        return None
 
     def _rows(self) -> Iterator[Row]:
         csv_schema = self.arrow_schema() if self.fmt == "csv" else None
@@ -1029,19 +1099,27 @@ def _hub_datasets_source(spec: SourceSpec, hub_cache: Path | None, **kwargs: Any
 
 
 def open_source(
-    spec: SourceSpec, *, limit: int | None = None, sample: int | None = None, seed: int = 0
+    spec: SourceSpec,
+    *,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    keep_json_columns: bool = False,
 ) -> RowSource:
     """Open ``spec`` and check its first rows; the returned source can be iterated many times.
 
     ``limit`` keeps the first N rows; ``sample`` keeps a uniform random sample of N rows (of the
     first ``limit`` when both are given; reservoir sampling, memory for N rows), yielded in
     source order with their original ``row_id``. The same ``seed`` gives the same sample.
+    ``keep_json_columns``: a column that no Arrow type holds exactly (a field that is a string
+    in one row and an object in another) is typed as the JSON text of each value instead of
+    failing (see :meth:`RowSource.arrow_schema`); rows still carry the original values.
     """
     if limit is not None and limit < 0:
         raise OptionError(f"--limit must be 0 or more, not {limit}")
     if sample is not None and sample < 0:
         raise OptionError(f"--sample must be 0 or more, not {sample}")
-    options = {"limit": limit, "sample": sample, "seed": seed}
+    options = {"limit": limit, "sample": sample, "seed": seed, "keep_json_columns": keep_json_columns}
     text = spec.dataset
     if not text.strip():
         raise DatasetError("no dataset given", hint="pass a file, folder, glob or hub dataset id")

@@ -197,31 +197,138 @@ def test_glob_of_parquet_files_with_different_column_order(tmp_path: Path) -> No
 # --------------------------------------------------------------------------- schema
 
 
-def test_schema_widens_null_and_int_columns(tmp_path: Path) -> None:
-    rows = [{"a": None, "b": 1, "c": []} for _ in range(1500)]
-    rows += [{"a": "late", "b": 2.5, "c": ["x"], "d": True}]
+def test_schema_widens_where_any_row_needs_it(tmp_path: Path) -> None:
+    """Every row is read: nothing is typed from the first rows alone (they used to be 1,000)."""
+    rows: list[dict[str, Any]] = [
+        {"a": None, "b": 1, "c": [], "m": [{"role": "user", "content": "hi"}]} for _ in range(1500)
+    ]
+    rows += [{"a": "late", "b": 2.5, "c": ["x"], "m": [{"role": "user", "name": "n"}], "d": True}]
+    rows += [{"e": {"x": {"y": 1}}}, {"e": {"x": {"z": 1.5}, "w": [[1], [2.5]]}}]
     path = tmp_path / "data.jsonl"
     path.write_text(jsonl(rows))
-    schema = opened(path).arrow_schema()
-    assert schema.field("a").type == pa.string()  # found past the first 1,000 rows
-    assert schema.field("b").type == pa.int64()  # inferred from the first chunk only
-    assert schema.field("c").type == pa.list_(pa.string())
-    assert schema.names == ["a", "b", "c"]  # columns come from the first chunk
-    pa.Table.from_pylist([row for _, row in opened(path)], schema=schema)  # all rows fit
+    source = opened(path)
+    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string())])
+    inner = pa.struct([("y", pa.int64()), ("z", pa.float64())])
+    assert source.arrow_schema() == pa.schema(
+        [
+            ("a", pa.string()),  # null in 1,500 rows, then a string
+            ("b", pa.float64()),  # 1,500 integers, then a float
+            ("c", pa.list_(pa.string())),
+            ("m", pa.list_(message)),  # the key "name" of a message, first seen on line 1,501
+            ("d", pa.bool_()),  # a column first seen on line 1,501
+            ("e", pa.struct([("x", inner), ("w", pa.list_(pa.list_(pa.float64())))])),
+        ]
+    )
+    assert source.json_columns() == []
+    assert source.count() == len(rows)  # counted by the same pass
+    table = pa.Table.from_pylist([row for _, row in source], schema=source.arrow_schema())
+    assert table.column("b").to_pylist()[-3:] == [2.5, None, None]
 
 
 def test_schema_all_null_column_is_string(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
-    path.write_text(jsonl([{"prompt": "p", "extra": None}] * 3))
-    assert opened(path).arrow_schema().field("extra").type == pa.string()
-
-
-def test_schema_mixed_types_is_a_string_column(tmp_path: Path) -> None:
-    """A response that is sometimes not a string is a row problem, not a dataset error."""
-    path = tmp_path / "data.jsonl"
-    path.write_text(jsonl([{"chosen": "a", "n": 1}, {"chosen": ["b"], "n": "2"}]))
+    path.write_text(jsonl([{"prompt": "p", "extra": None, "list": [], "obj": {"k": None}}] * 3))
     schema = opened(path).arrow_schema()
-    assert schema.field("chosen").type == pa.string() and schema.field("n").type == pa.string()
+    assert schema.field("extra").type == pa.string()
+    assert schema.field("list").type == pa.list_(pa.string())
+    assert schema.field("obj").type == pa.struct([("k", pa.string())])
+
+
+def conflict(tmp_path: Path, text: str, name: str = "data.jsonl") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    source = opened(path)  # the first rows parse: the conflict is found by the schema pass
+    with pytest.raises(DatasetError) as caught:
+        source.arrow_schema()
+    assert "--keep-json-columns" in (caught.value.hint or "")
+    return caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"x": "a"}', "", '{"x": {"b": 1}}'],
+         "data.jsonl: field 'x' is a string on line 1 and an object on line 3"),
+        (['{"x": 1}', '{"x": 2}', '{"y": 1}', '{"x": "3"}'],
+         "field 'x' is an integer on line 1 and a string on line 4"),
+        (['{"x": true}', '{"x": 1}'], "field 'x' is a boolean on line 1 and an integer on line 2"),
+        (['{"x": 1}', f'{{"x": {2**63}}}'], "field 'x' is an integer beyond 64 bits on line 2"),
+        (['{"m": [{"content": "a"}]}', '{"m": [{"content": "b"}, {"content": [{"type": "text"}]}]}'],
+         "field 'm[].content' is a string on line 1 and a list on line 2"),
+        (['{"x": {"y": {"z": 1}}}', '{"x": {"y": {"z": [1]}}}'],
+         "field 'x.y.z' is an integer on line 1 and a list on line 2"),
+        ([f'{{"x": {2**53 + 1}}}', '{"x": 0.5}'],
+         "field 'x' is an integer on line 1 that a float column can't hold exactly, and a float "
+         "on line 2"),
+        (['{"x": {}}', '{"x": null}', '{"x": {}}'],
+         "field 'x' is an empty object ({}) in every row (first on line 1), which Parquet can't"),
+    ],
+)  # fmt: skip
+def test_a_field_without_a_lossless_type_is_named_with_two_lines(
+    tmp_path: Path, lines: list[str], message: str
+) -> None:
+    assert message in conflict(tmp_path, "\n".join(lines) + "\n")
+
+
+def test_a_conflict_in_a_json_array_names_row_ids_and_in_a_glob_the_files(tmp_path: Path) -> None:
+    text = json.dumps([{"x": "a"}, {"x": "b"}, {"x": [1]}], indent=2)
+    assert "field 'x' is a string on row_id 0 and a list on row_id 2" in conflict(
+        tmp_path, text, "data.json"
+    )
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "parts" / "b.jsonl").write_text('\n{"x": "one"}\n')
+    with pytest.raises(DatasetError) as caught:
+        opened(tmp_path / "parts").arrow_schema()
+    assert "field 'x' is an integer on a.jsonl line 1 and a string on b.jsonl line 2" in str(
+        caught.value
+    )
+
+
+def test_keep_json_columns_types_such_a_column_as_json_text(tmp_path: Path) -> None:
+    rows = [{"chosen": "a", "n": 1, "meta": {"k": 1}}, {"chosen": ["b"], "n": 2, "meta": {"k": "x"}}]
+    path = tmp_path / "data.jsonl"
+    path.write_text(jsonl(rows))
+    source = opened(path, keep_json_columns=True)
+    schema = source.arrow_schema()
+    assert source.json_columns() == ["chosen", "meta"]  # a nested conflict: its whole column
+    assert schema.field("n").type == pa.int64() and schema.field("n").metadata is None
+    assert schema.field("chosen").type == pa.string()
+    assert schema.field("chosen").metadata == {b"ches_filter.encoding": b"json"}
+    assert [row for _, row in source] == rows  # rows keep their values; the writer encodes them
+
+
+def test_the_schema_pass_reads_every_line_before_any_model(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(jsonl(ROWS * 150) + "{oops\n")
+    source = opened(path)
+    with pytest.raises(DatasetError, match="data.jsonl line 1501: invalid JSON"):
+        source.arrow_schema()
+    assert opened(path, limit=1500).columns() == list(ROWS[0])
+    assert opened(path, limit=1500).count() == 1500  # --limit: the pass stops there
+
+
+def test_csv_values_are_their_text(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(
+        "id,code,ratio,label,big,note,blank\n"
+        '1,007,1.0,true,9223372036854775808,"two\nlines, quoted",\n'
+        "-2,12,0.5,false,1,NA,\n"
+        ",3,2,x,2,null,\n"
+    )
+    source = opened(path)
+    schema = source.arrow_schema()
+    assert schema.field("id").type == pa.int64()  # canonical integers; the empty cell is null
+    assert all(schema.field(n).type == pa.string() for n in schema.names if n != "id")
+    assert [row for _, row in source] == [
+        {"id": 1, "code": "007", "ratio": "1.0", "label": "true", "big": "9223372036854775808",
+         "note": "two\nlines, quoted", "blank": ""},
+        {"id": -2, "code": "12", "ratio": "0.5", "label": "false", "big": "1", "note": "NA",
+         "blank": ""},
+        {"id": None, "code": "3", "ratio": "2", "label": "x", "big": "2", "note": "null",
+         "blank": ""},
+    ]  # fmt: skip
+    assert source.count() == 3
 
 
 # --------------------------------------------------------------------------- limit / sample
@@ -409,3 +516,49 @@ def test_hh_real_file_source() -> None:
     source = opened(HH_FILE)
     assert source.columns() == ["chosen", "rejected"]
     assert sum(1 for _ in source) == 2312
+
+
+class _Stream(RowSource):
+    """A source without a stored schema that can only be streamed (like a hub dataset)."""
+
+    def __init__(self, rows: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(SourceSpec("stream"), description="a stream", split="train", **kwargs)
+        self.rows = rows
+
+    def _rows(self):  # type: ignore[no-untyped-def]
+        return iter(self.rows)
+
+    def _compute_fingerprint(self) -> str:
+        return "stream"
+
+
+def test_a_stream_is_typed_from_its_first_rows_and_a_later_misfit_stops_by_name(
+    tmp_path: Path,
+) -> None:
+    from ches_filter.data.shards import ShardWriter, output_schema, prepare_output_dir
+
+    rows: list[dict[str, Any]] = [{"n": i, "note": None} for i in range(1200)]
+    rows[1100]["note"] = "typed by the rows scanned while it was null"
+    rows[1150]["n"] = 7.5
+    source = _Stream(rows)
+    assert source.arrow_schema() == pa.schema([("n", pa.int64()), ("note", pa.string())])
+    prepare_output_dir(tmp_path / "out", overwrite=False)
+    schema = output_schema(source.arrow_schema())
+    writer = ShardWriter(tmp_path / "out", split="train", schema=schema)
+    with pytest.raises(DatasetError) as caught:
+        for row_id, row in source:
+            writer.write_rows([{**row, "row_id": row_id, "pair_id": "p", "status": "ok"}])
+        writer.close()
+    assert caught.value.message.startswith(
+        "row_id 1150: field 'n' holds a float 7.5, which a column of type int64 can't hold exactly"
+    )
+    conflict = _Stream([{"x": "a"}, {"x": {"b": 1}}])
+    with pytest.raises(DatasetError, match="a stream: field 'x' is a string on row_id 0 and an"):
+        conflict.arrow_schema()
+    assert _Stream([{"x": "a"}, {"x": {"b": 1}}], keep_json_columns=True).json_columns() == ["x"]
+
+
+def test_a_long_key_is_cut_in_the_message(tmp_path: Path) -> None:
+    key = "k" * 5000
+    message = conflict(tmp_path, json.dumps({key: 1}) + "\n" + json.dumps({key: "1"}) + "\n")
+    assert len(message) < 300 and "k" * 119 + "…" in message
