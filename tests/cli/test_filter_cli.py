@@ -25,14 +25,6 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_help_renders():
-    for command in ("filter", "report"):
-        result = invoke(command, "--help")
-        assert result.exit_code == 0, result.output
-        assert "Usage" in result.output
-    assert "--keep-lowest" in invoke("filter", "--help").output
-
-
 @pytest.mark.parametrize(
     ("rule", "kept"),
     [(["--keep-lowest", "0.05"], 10 + 6), (["--top-k", "100"], 200 - 100), (["--top-k", "1000"], 6)],

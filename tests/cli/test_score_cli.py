@@ -57,36 +57,6 @@ def assert_bad_input(result, *words: str) -> None:
     assert result.stderr.count("error: ") == 1  # one message
 
 
-# -- help -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("command", [[], ["score"], ["filter"], ["report"]])
-def test_every_help_renders(command):
-    result = invoke(*command, "--help")
-    assert result.exit_code == 0, result.output
-    assert "Usage" in result.stdout and result.stderr == ""
-    if command == ["score"]:
-        for option in ("--model", "--output", "--split", "--config", "--revision", "--limit",
-                       "--sample", "--seed", "--layout", "--prompt-field", "--chosen-field",
-                       "--rejected-field", "--no-chat-template", "--max-length", "--compat",
-                       "--overwrite", "--quiet", "--json", "--debug"):  # fmt: skip
-            assert option in result.stdout, option
-    if command == []:
-        assert all(name in result.stdout for name in ("score", "filter", "report"))
-
-
-def test_help_does_not_import_torch():
-    code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from ches_filter.cli.app import app\n"
-        "assert CliRunner().invoke(app, ['score', '--help']).exit_code == 0\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)\n"
-        "assert not heavy, heavy\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
 # -- a successful run -------------------------------------------------------------------------
 
 

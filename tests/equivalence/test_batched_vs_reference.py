@@ -2,27 +2,26 @@
 
 The prefix-shared and packed layouts are checked in test_engine_equivalence.py.
 
-Tolerance: 1e-4 relative in float32. ``ches`` and ``ln_ches`` are differences of two large,
-nearly equal inner products, so "relative" is taken to the scale of the terms being subtracted
-(``max(|<S+,S->|, ||S+||²)``), not to the difference itself, which can be near zero.
+Tolerance: each score within the bound float32 justifies for that score, derived from the sizes
+of the pair's hidden states (``score_fixtures.assert_scores_close``, which says why). Real pairs
+come from the HH-RLHF rows bundled in tests/fixtures/hh_rlhf, so nothing outside the checkout is
+needed.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 
 import pytest
+from score_fixtures import HH_FIXTURE, StateMagnitudes, assert_scores_close, state_magnitudes
 
 from ches_filter.data.layouts import LayoutOptions, detect_layout
 from ches_filter.model.runner import HiddenStateRunner
-from ches_filter.records import PreferencePair, TokenizedPair
+from ches_filter.records import PairScores, PreferencePair, TokenizedPair
 from ches_filter.reference import reference_scores
 from ches_filter.scores import score_pair
 from ches_filter.tokenization import PairTokenizer, TokenizationOptions
-
-REL = 1e-4
 
 HANDWRITTEN = [
     {"prompt": "What colour is the sky?", "chosen": "It is blue.", "rejected": "It is green."},
@@ -36,15 +35,17 @@ HANDWRITTEN = [
 ]
 
 
-def hh_rows(path, n: int, max_chars: int = 700) -> list[dict]:
+def hh_rows(n: int, max_chars: int = 700) -> list[dict]:
+    """The first ``n`` bundled HH-RLHF rows whose dialogues are each under ``max_chars``."""
     rows = []
-    with gzip.open(path, "rt") as handle:
+    with open(HH_FIXTURE, encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
             if len(row["chosen"]) < max_chars and len(row["rejected"]) < max_chars:
                 rows.append(row)
             if len(rows) == n:
                 break
+    assert len(rows) == n, f"{HH_FIXTURE.name} has only {len(rows)} rows under {max_chars} characters"
     return rows
 
 
@@ -62,23 +63,20 @@ def tokenize(loaded, pairs, **options) -> list[TokenizedPair]:
     return encoded  # type: ignore[return-value]
 
 
-def assert_close(batched, reference) -> None:
-    scale = max(abs(reference.dot_chosen_rejected), reference.sq_norm_chosen, 1e-12)
-    n = reference.chosen_tokens
-    m = reference.rejected_tokens
-    ln_scale = max(abs(reference.dot_chosen_rejected) / (n * m), reference.sq_norm_chosen / (n * n))
-    where = f"row {reference.row_id}"
-    assert batched.ches == pytest.approx(reference.ches, abs=REL * scale), where
-    assert batched.ln_ches == pytest.approx(reference.ln_ches, abs=REL * ln_scale), where
-    for name in ("dot_chosen_rejected", "sq_norm_chosen", "sq_norm_rejected", "last_hidden_inner"):
-        assert getattr(batched, name) == pytest.approx(getattr(reference, name), rel=REL), (where, name)
-    assert batched.edit_distance == reference.edit_distance, where
-    for name in ("prompt_tokens", "chosen_tokens", "rejected_tokens", "truncated"):
-        assert getattr(batched, name) == getattr(reference, name), (where, name)
+Reference = tuple[PairScores, StateMagnitudes]
+
+
+def reference_of(loaded, encoded: list[TokenizedPair]) -> dict[int, Reference]:
+    """The reference's scores of each pair, and the sizes its tolerance is derived from."""
+    return {p.row_id: (reference_scores(loaded.model, p), state_magnitudes(loaded.model, p)) for p in encoded}
+
+
+def assert_close(batched: PairScores, reference: Reference) -> None:
+    assert_scores_close(batched, *reference)
 
 
 def check_equal(loaded, encoded: list[TokenizedPair], budgets=(1, 600, 1 << 20), shuffle=True):
-    expected = {p.row_id: reference_scores(loaded.model, p) for p in encoded}
+    expected = reference_of(loaded, encoded)
     orders = [list(encoded)]
     if shuffle:
         shuffled = list(encoded)
@@ -101,10 +99,10 @@ def check_equal(loaded, encoded: list[TokenizedPair], budgets=(1, 600, 1 << 20),
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_gemma"])
-def test_tiny_models_equal_reference(request, model_fixture, hh_file):
+def test_tiny_models_equal_reference(request, model_fixture):
     loaded = request.getfixturevalue(model_fixture)
     pairs = to_pairs(HANDWRITTEN) + [
-        PreferencePair(**{**p.__dict__, "row_id": p.row_id + 100}) for p in to_pairs(hh_rows(hh_file, 6))
+        PreferencePair(**{**p.__dict__, "row_id": p.row_id + 100}) for p in to_pairs(hh_rows(6))
     ]
     check_equal(loaded, tokenize(loaded, pairs))
 
@@ -122,8 +120,8 @@ def test_tiny_llama_official_convention(tiny_llama):
 # -- the real bundled models: truth ------------------------------------------------------------
 
 
-def test_smollm2_chat_template_equals_reference(smollm2, hh_file):
-    pairs = to_pairs(hh_rows(hh_file, 4, max_chars=500)) + [
+def test_smollm2_chat_template_equals_reference(smollm2):
+    pairs = to_pairs(hh_rows(4, max_chars=500)) + [
         PreferencePair(**{**p.__dict__, "row_id": p.row_id + 100}) for p in to_pairs(HANDWRITTEN[:2])
     ]
     encoded = tokenize(smollm2, pairs)
@@ -132,9 +130,9 @@ def test_smollm2_chat_template_equals_reference(smollm2, hh_file):
     check_equal(smollm2, encoded, budgets=(1, 700, 1 << 20))
 
 
-def test_gemma3_plain_text_equals_reference(gemma3, hh_file):
+def test_gemma3_plain_text_equals_reference(gemma3):
     assert not gemma3.tokenizer.chat_template
-    pairs = to_pairs(hh_rows(hh_file, 3, max_chars=400)) + [
+    pairs = to_pairs(hh_rows(3, max_chars=400)) + [
         PreferencePair(**{**p.__dict__, "row_id": p.row_id + 100}) for p in to_pairs(HANDWRITTEN[:2])
     ]
     encoded = tokenize(gemma3, pairs)

@@ -1,18 +1,20 @@
-"""``ches score --engine``: every layout writes the same scores; the manifest says which ran."""
+"""``ches score --engine``: every layout writes the reference's scores; the manifest says which ran."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
-import pytest
+from score_fixtures import assert_scores_close
+from test_batched_vs_reference import reference_of, tokenize
 from typer.testing import CliRunner
 
 from ches_filter.cli.app import app
+from ches_filter.data.layouts import LayoutOptions, detect_layout
 
 STANDARD = Path(__file__).resolve().parents[1] / "fixtures" / "layouts" / "standard.jsonl"
-SCORES = ("ches", "ln_ches", "last_hidden_inner", "dot_chosen_rejected", "sq_norm_chosen")
 
 
 def score(tmp_path: Path, model_dir: Path, engine: str) -> tuple[list[dict], dict, str]:
@@ -27,29 +29,24 @@ def score(tmp_path: Path, model_dir: Path, engine: str) -> tuple[list[dict], dic
     return pq.read_table(out / "data").to_pylist(), manifest, result.stderr
 
 
-def test_every_engine_writes_the_same_scores(tiny_llama_dir, tmp_path):
-    baseline, manifest, _ = score(tmp_path, tiny_llama_dir, "two_sequences")
-    assert manifest["engine"]["mode"] == "two_sequences"
-    assert manifest["options"]["engine"] == "two_sequences"
-    for engine, mode in (("prefix-shared", "prefix_shared"), ("packed", "packed"), ("auto", "packed")):
-        rows, manifest, stderr = score(tmp_path, tiny_llama_dir, engine)
+def test_every_engine_writes_the_reference_scores(tiny_llama_dir, tiny_llama, tmp_path):
+    rows = [json.loads(line) for line in STANDARD.read_text().splitlines()]
+    layout = detect_layout(list(rows[0]), rows, LayoutOptions())
+    for engine, mode in (("two_sequences", "two_sequences"), ("prefix-shared", "prefix_shared"),
+                         ("packed", "packed"), ("auto", "packed")):  # fmt: skip
+        written, manifest, stderr = score(tmp_path, tiny_llama_dir, engine)
         assert manifest["engine"]["mode"] == mode
-        assert manifest["engine"]["real_tokens"] < manifest["engine"]["pair_tokens"]
+        assert manifest["options"]["engine"] == engine.replace("-", "_")  # as asked
+        if engine != "two_sequences":
+            assert manifest["engine"]["real_tokens"] < manifest["engine"]["pair_tokens"]
         if engine == "auto":
             assert "engine: packed via segments attention" in stderr  # said on stderr
-        for got, want in zip(rows, baseline, strict=True):
-            assert got["status"] == want["status"]
-            if want["status"] != "ok":
-                continue
-            for name in SCORES:
-                if want[name] is not None:
-                    scale = max(abs(want["dot_chosen_rejected"]), want["sq_norm_chosen"])
-                    tolerance = 1e-4 * (scale if name in ("ches", "dot_chosen_rejected") else abs(want[name]))
-                    if name == "ln_ches":
-                        n, m = want["chosen_tokens"], want["rejected_tokens"]
-                        tolerance = 1e-4 * max(abs(want["dot_chosen_rejected"]) / (n * m),
-                                               want["sq_norm_chosen"] / (n * n))  # fmt: skip
-                    assert got[name] == pytest.approx(want[name], abs=tolerance), (name, got["row_id"])
+        ok = [row for row in written if row["status"] == "ok"]
+        assert [row["row_id"] for row in ok] == [0]  # the fixture's one scorable row
+        pairs = [layout.extract(row["row_id"], rows[row["row_id"]]) for row in ok]
+        reference = reference_of(tiny_llama, tokenize(tiny_llama, pairs))
+        for row in ok:
+            assert_scores_close(SimpleNamespace(**row), *reference[row["row_id"]], where=f"{engine}, row {row['row_id']}")
 
 
 def test_unknown_engine_is_an_option_error(tmp_path):

@@ -201,10 +201,22 @@ def test_a_clean_boundary_is_not_a_mismatch(gemma):
     encode(gemma, pair("Hello", " world", " there"))
 
 
-def test_fingerprints_are_stable_and_tell_tokenizers_apart(smol, gemma):
-    assert tokenizer_fingerprint(smol) == tokenizer_fingerprint(smol)
+def test_fingerprints_are_stable_and_tell_tokenizers_apart(smol, gemma, tmp_path):
+    """Equal for the same tokenizer saved and loaded again (another object, another folder);
+    different for another tokenizer, one more token, or another chat template."""
+    from transformers import AutoTokenizer
+
+    smol.save_pretrained(tmp_path / "smol")
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "smol"))
+    assert reloaded is not smol
+    assert tokenizer_fingerprint(reloaded) == tokenizer_fingerprint(smol)
+    assert chat_template_fingerprint(reloaded) == chat_template_fingerprint(smol)
+    assert len(tokenizer_fingerprint(smol)) == len(chat_template_fingerprint(smol) or "") == 16
     assert tokenizer_fingerprint(smol) != tokenizer_fingerprint(gemma)
-    assert len(chat_template_fingerprint(smol) or "") == 16
+    reloaded.add_tokens(["<an-extra-token>"])
+    assert tokenizer_fingerprint(reloaded) != tokenizer_fingerprint(smol)
+    reloaded.chat_template = smol.chat_template.replace("assistant", "Assistant")
+    assert chat_template_fingerprint(reloaded) != chat_template_fingerprint(smol)
 
 
 # -- --max-length ---------------------------------------------------------------------------------
