@@ -39,7 +39,10 @@ def has_score_shards(path: Path | str) -> bool:
     shards = shard_paths(Path(path))
     if not shards:
         return False
-    names = set(pq.read_schema(shards[0]).names)
+    try:
+        names = set(pq.read_schema(shards[0]).names)
+    except (OSError, ValueError):  # a damaged shard: ScoreFolder.open names it
+        return (Path(path) / MANIFEST_NAME).is_file()
     return all(column in names for column in SCORE_COLUMNS)
 
 

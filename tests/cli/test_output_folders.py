@@ -240,10 +240,12 @@ def shard(folder: Path, index: int) -> Path:
     return folder / "data" / f"train-{index:05d}-of-00005.parquet"
 
 
-@pytest.mark.parametrize("damage", ["deleted", "truncated", "replaced", "same size", "extra"])
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "first truncated", "replaced",
+                                    "same size", "extra"])
 def test_filter_and_report_refuse_a_damaged_score_folder_naming_the_file(five_shards, tmp_path,
                                                                         damage):
-    target = shard(five_shards, 2)
+    target = shard(five_shards, 0 if damage == "first truncated" else 2)
+    damage = damage.removeprefix("first ")
     if damage == "deleted":  # a partial copy
         target.unlink()
     elif damage == "truncated":
