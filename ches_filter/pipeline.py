@@ -32,7 +32,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from ches_filter.model.load import (
     LoadedModel,
     ModelSpec,
     ResolvedModel,
+    config_context,
     load_model,
     pick_device,
     resolve_model,
@@ -79,6 +80,7 @@ from ches_filter.tokenization import (
     PairTokenizer,
     TokenizationOptions,
     chat_template_fingerprint,
+    check_max_length,
     tokenizer_fingerprint,
 )
 from ches_filter.tokenizer_pool import EncodedWindow, TokenizerPool, auto_workers, encode_all
@@ -177,6 +179,8 @@ class PairScorer:
         log: Log | None = None,
     ) -> None:
         self.loaded = loaded
+        # The limit defaults to the model's context; an explicit one above it raises OptionError.
+        tokenization = replace(tokenization, context=loaded.max_positions)
         self.tokenizer = PairTokenizer(loaded.tokenizer, tokenization)
         self.tokenizer.prepare_model(loaded.model)  # --compat official's added tokens, if any
         if loaded.device.type == "cpu":  # large activations: no page faults per layer
@@ -215,7 +219,8 @@ class ScoreOptions:
     label_policy: str = "better"
     ranking_pair: str | None = None  # the ranking layout's pair: first-second (default), first-last
     use_chat_template: bool = True
-    max_length: int | None = None
+    max_length: int | None = None  # None: the model's context (max_position_embeddings)
+    too_long: str = "truncate"  # a pair past max_length: "truncate" (flagged) or "skip" (too_long)
     convention: str = "default"
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     engine: str = "auto"  # the runner's layout: auto, two_sequences, prefix_shared, packed
@@ -235,6 +240,7 @@ class ScoreOptions:
             use_chat_template=self.use_chat_template,
             max_length=self.max_length,
             convention=self.convention,  # type: ignore[arg-type]
+            too_long=self.too_long,
         )
 
     def check(self) -> None:
@@ -263,6 +269,7 @@ def _model_info(loaded: LoadedModel, pair_tokenizer: PairTokenizer) -> dict[str,
         "device": str(loaded.device),
         "architecture": type(loaded.model).__name__,
         "hidden_size": loaded.hidden_size,
+        "context": loaded.max_positions,  # max_position_embeddings; None: the config names none
         "chat_template": pair_tokenizer.uses_chat_template,
         "tokenization": pair_tokenizer.description,
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
@@ -405,6 +412,9 @@ def plan_scoring(
     layout = detect_layout(source.columns(), source.peek(100), options.layout_options())
     schema = output_schema(source.arrow_schema())
     resolved = resolve_model(spec)
+    # --max-length above the model's context fails here when config.json tells it, else after the load
+    if options.max_length is not None:
+        check_max_length(options.max_length, config_context(resolved, spec))
     pick_device(spec.device)  # a bad or unavailable --device fails before the model loads
     output = Path(output)
     check_not_input({"--output": output}, input_paths(str(dataset), source))
@@ -453,6 +463,49 @@ def read_windows(
             window = []
     if window:
         yield window
+
+
+class _UntilSourceFails:
+    """The source's ``(row_id, row)`` pairs until it ends or raises a :class:`DatasetError`
+    (a malformed row of a streamed dataset, found only when reached): the error is kept in
+    ``error`` and the rows before it still flow, so the run can keep what it scored."""
+
+    def __init__(self, source: Iterable[tuple[int, dict[str, Any]]]) -> None:
+        self.source = source
+        self.error: DatasetError | None = None
+        self.first_row: int | None = None
+        self.last_row: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        rows = iter(self.source)
+        while True:
+            try:
+                item = next(rows)
+            except StopIteration:
+                return
+            except DatasetError as exc:
+                self.error = exc
+                return
+            if self.first_row is None:
+                self.first_row = item[0]
+            self.last_row = item[0]
+            yield item
+
+
+def _stopped_error(reading: _UntilSourceFails, rows: int, kept: Sequence[Path], output: Path) -> DatasetError:
+    """The source's error, saying what of the run was kept and where."""
+    assert reading.error is not None
+    if rows and kept:
+        files = ", ".join(path.name for path in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+        kept_text = (
+            f"scoring stopped there; the {rows:,} rows before it (row_id {reading.first_row} to "
+            f"{reading.last_row}, the last row written) were scored and kept in {output / 'data'}: "
+            f"{files} (.tmp and no manifest: not a finished output)"
+        )
+    else:
+        kept_text = "scoring stopped there; no row before it was scored"
+    hint = reading.error.hint or "fix or skip the bad row (--limit stops before it) and score again"
+    return DatasetError(f"{reading.error.message}\n{kept_text}", hint=hint)
 
 
 def extract_window(layout: Layout, rows: list[tuple[int, dict[str, Any]]]) -> Window:
@@ -535,6 +588,9 @@ def _run_locked(
         log=log,
     )
     load_s = time.perf_counter() - plan.started
+    if scorer.tokenizer.max_length is None:
+        log("the model's config gives no context length (max_position_embeddings): pairs are scored "
+            "at any length; pass --max-length to set a limit")
 
     workers = auto_workers(loaded.device.type) if plan.tokenizer_workers is None else plan.tokenizer_workers
     if workers:
@@ -572,12 +628,15 @@ def _run_locked(
             plan.output, split=plan.source.split, schema=plan.schema, rows_per_shard=plan.rows_per_shard
         ) as writer,
     ):
-        for rows in read_windows(plan.source, plan.window):
+        reading = _UntilSourceFails(plan.source)
+        for rows in read_windows(reading, plan.window):
             pending.append(tokenise_window(extract_window(plan.layout, rows), pool))
             if len(pending) > ahead:
                 finish(pending.popleft())
         while pending:
             finish(pending.popleft())
+        if reading.error is not None:  # the rows read before it are scored: keep them, unfinished
+            raise _stopped_error(reading, totals.rows, writer.keep_partial(), plan.output)
         shards = writer.close()
     scoring_s = time.perf_counter() - scoring_started
 
@@ -605,7 +664,9 @@ def _run_locked(
             "label_policy": options.label_policy,
             "ranking_pair": options.ranking_pair,
             "use_chat_template": options.use_chat_template,
-            "max_length": scorer.tokenizer.max_length,
+            "max_length": scorer.tokenizer.max_length,  # the limit applied (None: none)
+            "max_length_from": scorer.tokenizer.max_length_from,
+            "too_long": options.too_long,
             "convention": options.convention,
             "max_batch_tokens": options.max_batch_tokens,
             "engine": options.engine,
@@ -782,6 +843,7 @@ def score_pairs(
     layout: str | None = None,
     use_chat_template: bool = True,
     max_length: int | None = None,
+    too_long: str = "truncate",
     convention: str = "default",
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     engine: str = "auto",
@@ -800,7 +862,8 @@ def score_pairs(
     columns = list(dict.fromkeys(key for row in rows for key in row))
     found = detect_layout(columns, rows[:100], LayoutOptions(layout=layout))
     tokenization = TokenizationOptions(
-        use_chat_template=use_chat_template, max_length=max_length, convention=convention  # type: ignore[arg-type]
+        use_chat_template=use_chat_template, max_length=max_length, convention=convention,  # type: ignore[arg-type]
+        too_long=too_long,
     )
     if isinstance(model, LoadedModel):
         loaded = model

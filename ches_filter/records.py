@@ -26,6 +26,7 @@ class Status(str, enum.Enum):
     CONTRADICTORY_LABEL = "contradictory_label"  # labels that pick no side, or both
     PROMPT_MISMATCH = "prompt_mismatch"  # prompt ids are not a prefix of the full rendering's ids
     PROMPT_TOO_LONG = "prompt_too_long"  # the prompt alone fills --max-length
+    TOO_LONG = "too_long"  # longer than --max-length (the model's context) under --too-long skip
     EMPTY_PROMPT = "empty_prompt"  # no prompt tokens at all (the spec needs P >= 1)
     UNSUPPORTED_CONTENT = "unsupported_content"  # a non-text message part (image, audio, …)
 

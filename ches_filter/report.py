@@ -62,7 +62,7 @@ SCATTER_POINTS = 1500
 HIGHLIGHT_AUTO_MAX_TOP = 50
 UNSCORED_STATUSES = (
     "identical", "truncated_identical", "empty_response", "invalid_field", "ambiguous_prompt",
-    "contradictory_label", "prompt_mismatch", "prompt_too_long", "empty_prompt",
+    "contradictory_label", "prompt_mismatch", "prompt_too_long", "too_long", "empty_prompt",
 )
 SCORE_LABELS = {name: score_registry.label(name) for name in SCORE_BY}
 

@@ -99,7 +99,7 @@ COLUMNS: tuple[ScoreColumn, ...] = (
         ),
     ),
     ScoreColumn("rejected_tokens", "int32", description="n-, likewise for the rejected response"),
-    ScoreColumn("truncated", "bool", description="`--max-length` cut a response (never the prompt)"),
+    ScoreColumn("truncated", "bool", description="a response was cut to `--max-length` (by default the model's context; never the prompt)"),
 )
 
 BY_NAME: dict[str, ScoreColumn] = {column.name: column for column in COLUMNS}

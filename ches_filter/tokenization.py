@@ -16,9 +16,12 @@ boundary, or a template that renders the prompt differently once a reply follows
 
 Hidden states summed: positions ``P-1 … P+n-2`` (``SequenceSpan(start=P-1, end=P+n-1)``).
 
-Truncation (``max_length``): the prompt is never cut (CHES is conditioned on it); each response
-is cut at the right so that ``P + n <= max_length``. A prompt with ``P >= max_length`` leaves no
-room and gets ``prompt_too_long``.
+Length limit (``max_length``; by default the model's context, ``context``: its config's
+``max_position_embeddings``, so no score reads a position the model was not trained on): the
+prompt is never cut (CHES is conditioned on it). With ``too_long="truncate"`` (the default) each
+response is cut at the right so that ``P + n <= max_length`` and the pair is flagged
+``truncated``; with ``too_long="skip"`` a pair that would be cut gets ``too_long`` and no score.
+A prompt with ``P >= max_length`` leaves no room and gets ``prompt_too_long`` either way.
 
 Degenerate pairs: when both sequences sum the same hidden states (equal spans over equal ids up
 to the span's end, :func:`~ches_filter.records.same_summed_states`) the pair is ``identical``;
@@ -55,6 +58,8 @@ from .records import (
 )
 
 Convention = Literal["default", "official"]
+#: What happens to a pair longer than the limit: cut the responses (flagged), or leave it unscored.
+TOO_LONG_POLICIES = ("truncate", "skip")
 OFFICIAL_MAX_LENGTH = 512
 #: The official script's query markers for tokenizers without a chat template (added as tokens).
 PROMPTER, ASSISTANT = "<|prompter|>", "<|assistant|>"
@@ -64,14 +69,29 @@ OFFICIAL_PADDING = "<|padding|>"  # the script's pad token when the tokenizer ha
 @dataclass(frozen=True)
 class TokenizationOptions:
     use_chat_template: bool = True
-    max_length: int | None = None
+    max_length: int | None = None  # None: the model's context (``context``), if it has one
     convention: Convention = "default"
+    too_long: str = "truncate"  # TOO_LONG_POLICIES
+    context: int | None = None  # the model's positions (max_position_embeddings); None: unknown
 
     def __post_init__(self) -> None:
         if self.convention not in ("default", "official"):
             raise OptionError(f"--compat must be 'default' or 'official', not {self.convention!r}")
         if self.max_length is not None and self.max_length < 2:
             raise OptionError("--max-length must be at least 2 (one prompt and one response token)")
+        if self.too_long not in TOO_LONG_POLICIES:
+            raise OptionError(f"--too-long must be one of {', '.join(TOO_LONG_POLICIES)}, not {self.too_long!r}")
+        check_max_length(self.max_length, self.context)
+
+
+def check_max_length(max_length: int | None, context: int | None) -> None:
+    """An explicit ``--max-length`` above the model's context is refused (OptionError)."""
+    if max_length is not None and context is not None and max_length > context:
+        raise OptionError(
+            f"--max-length {max_length} is above the model's context of {context} tokens "
+            "(max_position_embeddings): positions past it were never trained",
+            hint=f"leave --max-length out (it defaults to {context}) or pass at most {context}",
+        )
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -107,10 +127,23 @@ class PairTokenizer:
         self.eos_id = tokenizer.eos_token_id
         if not self.uses_chat_template and self.options.convention == "default" and self.eos_id is None:
             raise ModelError("the tokenizer has no EOS token, which plain-text scoring appends")
-        if self.options.convention == "official" and self.options.max_length is None:
-            self.max_length: int | None = OFFICIAL_MAX_LENGTH
+        context = self.options.context
+        self.max_length: int | None = self.options.max_length
+        if self.max_length is not None:
+            self.limit_name = f"--max-length {self.max_length}"
+        elif self.options.convention == "official":  # the script's own limit, within the context
+            self.max_length = OFFICIAL_MAX_LENGTH if context is None else min(OFFICIAL_MAX_LENGTH, context)
+            self.limit_name = f"the script's {self.max_length}-token limit"
         else:
-            self.max_length = self.options.max_length
+            self.max_length = context
+            self.limit_name = f"the model's context of {context} tokens"
+        #: where the limit came from (the manifest's ``options.max_length_from``)
+        self.max_length_from = (
+            "--max-length" if self.options.max_length is not None
+            else "official script" if self.options.convention == "official"
+            else "model context" if context is not None
+            else "none (the model's config gives no context length)"
+        )
         #: the official script's query markers, added to a copy of the tokenizer
         self.official_markers = self.options.convention == "official" and not self.uses_chat_template
         if self.official_markers:
@@ -226,10 +259,12 @@ class PairTokenizer:
                 return RowProblem(
                     row,
                     Status.PROMPT_TOO_LONG,
-                    f"the prompt has {n_prompt} tokens and fills --max-length {self.max_length}",
+                    f"the prompt has {n_prompt} tokens and fills {self.limit_name}",
                 )
             room = self.max_length - n_prompt
             truncated = len(chosen) > room or len(rejected) > room
+            if truncated and self.options.too_long == "skip":
+                return self._too_long(row, n_prompt + max(len(chosen), len(rejected)))
             chosen, rejected = chosen[:room], rejected[:room]
         return _tokenized(
             row,
@@ -238,7 +273,14 @@ class PairTokenizer:
             (span(chosen), span(rejected)),
             (tuple(chosen), tuple(rejected)),
             truncated=truncated,
-            limit=f"--max-length {self.max_length}",
+            limit=self.limit_name,
+        )
+
+    def _too_long(self, row: int, tokens: int) -> RowProblem:
+        return RowProblem(
+            row,
+            Status.TOO_LONG,
+            f"the longer sequence has {tokens} tokens, more than {self.limit_name} (--too-long skip)",
         )
 
     def _strip_leading_eos(self, ids: list[int]) -> list[int]:
@@ -290,7 +332,7 @@ class PairTokenizer:
             return RowProblem(
                 row,
                 Status.PROMPT_TOO_LONG,
-                f"the query alone fills the {limit}-token limit (the official script scores no response tokens)",
+                f"the query alone fills {self.limit_name} (the official script scores no response tokens)",
             )
         if n_query == 0:
             return RowProblem(row, Status.EMPTY_PROMPT, "the query has no tokens")
@@ -302,6 +344,9 @@ class PairTokenizer:
                     f"the {side} response has no tokens after the query (the official script drops this row)",
                 )
 
+        if (chosen_cut or rejected_cut) and self.options.too_long == "skip":
+            return self._too_long(row, max(len(chosen_full), len(rejected_full)))
+
         def span(ids: list[int]) -> SequenceSpan:
             return SequenceSpan(ids=tuple(ids), start=n_query - 1, end=len(ids))
 
@@ -312,7 +357,7 @@ class PairTokenizer:
             (span(chosen_ids), span(rejected_ids)),
             (tuple(chosen_ids[n_query:]), tuple(rejected_ids[n_query:])),
             truncated=query_cut or chosen_cut or rejected_cut,
-            limit=f"--max-length {limit}" if self.options.max_length else f"the script's {limit}-token limit",
+            limit=self.limit_name,
         )
 
 

@@ -111,7 +111,14 @@ def filter_command(
         str | None, typer.Option("--device", rich_help_panel=SCORING, help="auto, cpu, cuda, mps ...")
     ] = None,
     max_length: Annotated[
-        int | None, typer.Option("--max-length", rich_help_panel=SCORING, help="Truncate prompt+response.")
+        int | None,
+        typer.Option("--max-length", rich_help_panel=SCORING,
+                     help="Cap prompt + response tokens (default and maximum: the model's context)."),
+    ] = None,
+    too_long: Annotated[
+        str | None,
+        typer.Option("--too-long", rich_help_panel=SCORING,
+                     help="A pair past --max-length: truncate (default, flagged) or skip (status too_long)."),
     ] = None,
     max_batch_tokens: Annotated[
         int | None,
@@ -132,7 +139,7 @@ def filter_command(
     result = filter_input(
         source, output=output, rule=rule, scores_output=scores_output,
         scoring={"model": model, "dtype": dtype, "device": device, "max_length": max_length,
-                 "max_batch_tokens": max_batch_tokens},
+                 "too_long": too_long, "max_batch_tokens": max_batch_tokens},
         keep_unscored=keep_unscored, keep_scores=keep_scores, removed=removed, overwrite=overwrite,
         report=report, report_top=report_top, rows_per_shard=rows_per_shard,
         command=shlex.join(["ches", *sys.argv[1:]]), log=lambda msg: stderr.print(msg, markup=False),

@@ -115,8 +115,15 @@ def score_command(
     max_length: Annotated[
         int | None,
         typer.Option("--max-length", rich_help_panel=TOKENS,
-                     help="Cap prompt + response tokens; the prompt is kept whole, responses are cut."),
+                     help="Cap prompt + response tokens (default: the model's context, its "
+                          "max_position_embeddings; at most that). The prompt is kept whole."),
     ] = None,
+    too_long: Annotated[
+        str,
+        typer.Option("--too-long", rich_help_panel=TOKENS,
+                     help="A pair past --max-length: truncate (cut the responses, flag the row "
+                          "truncated) or skip (status too_long, no score)."),
+    ] = "truncate",
     compat: Annotated[
         str,
         typer.Option("--compat", rich_help_panel=TOKENS,
@@ -171,6 +178,7 @@ def score_command(
         ranking_pair=ranking_pair,
         use_chat_template=not no_chat_template,
         max_length=max_length,
+        too_long=too_long,
         convention=compat,
         max_batch_tokens=max_batch_tokens,
         engine=engine.replace("-", "_"),

@@ -228,6 +228,21 @@ class ShardWriter:
                                  "sha256": digest})
         return self.final_paths
 
+    def keep_partial(self) -> list[Path]:
+        """Write every row handed over and close the open shard, but rename nothing: a run that
+        stopped early (its source failed mid-stream) keeps the rows it scored in complete
+        Parquet files that still carry ``.tmp`` names, so the folder does not look finished.
+        Returns those files."""
+        if self._closed:
+            return list(self._temp_paths)
+        self._pending.append(self._executor.submit(self._finish_partial))
+        try:
+            self._raise_failures(wait_for=0)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+        return list(self._temp_paths)
+
     def abort(self) -> None:
         """Stop after the batch being written; nothing is renamed, and this writer's ``.tmp``
         files are removed (a full disk is not left full)."""
@@ -291,6 +306,11 @@ class ShardWriter:
             self._close_shard()
         if not self._temp_paths:  # an empty dataset still gets one (empty) shard with the schema
             self._open_shard()
+            self._close_shard()
+
+    def _finish_partial(self) -> None:
+        self._write_group()
+        if self._shard is not None:
             self._close_shard()
 
     def _open_shard(self) -> None:

@@ -10,6 +10,7 @@ expensive load.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -70,8 +71,38 @@ class LoadedModel:
 
     @property
     def max_positions(self) -> int | None:
-        value = getattr(self.model.config, "max_position_embeddings", None)
-        return int(value) if value else None
+        """The model's context: the positions it was trained on (None: its config names none)."""
+        return context_length(self.model.config)
+
+
+def context_length(config: Any) -> int | None:
+    """``max_position_embeddings`` of a config, the text config's for a multimodal one."""
+    try:
+        text = config.get_text_config(decoder=True)
+    except (AttributeError, ValueError):  # an older config class, or several text configs
+        text = config
+    value = getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def config_context(resolved: ResolvedModel, spec: ModelSpec) -> int | None:
+    """The model's context read from its ``config.json`` without loading weights (transformers'
+    AutoConfig, which fills in a model type's defaults), or None when that isn't possible before
+    the load: a GGUF file not converted yet, a config transformers can't read without the load's
+    code. The load itself gives the answer then (:attr:`LoadedModel.max_positions`)."""
+    folder = resolved.local_path
+    if folder is None and resolved.gguf_path is not None:
+        target = _conversion_dir(resolved.gguf_path)
+        folder = target if (target / "config.json").is_file() else None
+    if folder is None:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+    except Exception:  # unknown before the load; checked again after it
+        return None
+    return context_length(config)
 
 
 def cache_root() -> Path:
@@ -183,6 +214,12 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
 
 
 def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:  # size, mtime: a changed file rehashes
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -190,9 +227,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _conversion_dir(gguf_path: Path) -> Path:
+    return cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)[:16]}"
+
+
 def converted_gguf_dir(gguf_path: Path, log: Log | None = None) -> Path:
     """Dequantise a GGUF checkpoint once and cache it as a safetensors folder; return the folder."""
-    target = cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)[:16]}"
+    target = _conversion_dir(gguf_path)
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
     if log:

@@ -38,3 +38,42 @@ def test_an_unknown_total_and_quiet():
     console, buffer = plain_console()
     ScoreProgress(console, enabled=False).update(Progress(5, 10, 50, 1.0))
     assert buffer.getvalue() == ""
+
+
+def test_a_slow_window_still_gets_timed_lines_and_none_after_the_run(tiny_llama_dir, tmp_path, monkeypatch):
+    """#13, 5: one window that takes long (a huge pair) must not silence progress off a terminal."""
+    import time
+    from pathlib import Path
+
+    from ches_filter import pipeline
+    from ches_filter.pipeline import plan_scoring, run_scoring
+
+    real_score_window = pipeline.score_window
+
+    def slow_score_window(scorer, window):
+        time.sleep(1.0)  # five timer intervals in one window
+        return real_score_window(scorer, window)
+
+    monkeypatch.setattr(pipeline, "score_window", slow_score_window)
+    example = Path(pipeline.__file__).parent / "examples" / "preference_pairs.jsonl"
+    plan = plan_scoring(example, output=tmp_path / "out", model=str(tiny_llama_dir), device="cpu",
+                        dtype="float32", limit=4, window=2)
+    console, buffer = plain_console()
+    with ScoreProgress(console, every_s=0.2) as progress:
+        run_scoring(plan, progress=progress.update)
+    lines = buffer.getvalue().splitlines()
+    # during the first window no row is done: only the timer can print, and it does
+    during_first = [line for line in lines if line.startswith("scoring: 0 of 4 pairs")]
+    assert len(during_first) >= 2, lines
+    assert all("elapsed" in line for line in during_first)
+    assert lines[-1].startswith("scoring: 4 of 4 pairs")
+    assert progress._timer is not None and not progress._timer.is_alive()  # started, then stopped
+    time.sleep(0.6)  # three intervals: a timer still running would print
+    assert buffer.getvalue().splitlines() == lines
+
+
+def test_the_interval_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CHES_PROGRESS_EVERY_S", "2.5")
+    assert ScoreProgress(plain_console()[0]).every_s == 2.5
+    monkeypatch.delenv("CHES_PROGRESS_EVERY_S")
+    assert ScoreProgress(plain_console()[0]).every_s == 30.0

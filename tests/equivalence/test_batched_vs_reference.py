@@ -3,9 +3,10 @@
 The prefix-shared and packed layouts are checked in test_engine_equivalence.py.
 
 Tolerance: each score within the bound float32 justifies for that score, derived from the sizes
-of the pair's hidden states (``score_fixtures.assert_scores_close``, which says why). Real pairs
-come from the HH-RLHF rows bundled in tests/fixtures/hh_rlhf, so nothing outside the checkout is
-needed.
+of the pair's hidden states (``score_fixtures.assert_scores_close``, which says why). Multi-turn
+pairs in HH-RLHF's layout come from tests/fixtures/dialogues/hh_style.jsonl (written by
+scripts/make_dialogues.py), so nothing outside the checkout is needed; the real HH-RLHF file of
+../shared/data is used by the e2e and slow tests.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ HANDWRITTEN = [
 
 
 def hh_rows(n: int, max_chars: int = 700) -> list[dict]:
-    """The first ``n`` bundled HH-RLHF rows whose dialogues are each under ``max_chars``."""
+    """The first ``n`` HH-style fixture rows whose dialogues are each under ``max_chars``."""
     rows = []
     with open(HH_FIXTURE, encoding="utf-8") as handle:
         for line in handle:

@@ -7,7 +7,7 @@ have null scores), and include ties, a null and a NaN score on ``ok`` rows.
 
 Also the one comparison every equivalence test uses (``assert_scores_close``: a fast path's
 scores against ``ches_filter.reference`` at a bound float32 justifies), the tiny in-process
-models, and the path of the bundled HH-RLHF rows (``HH_FIXTURE``).
+models, and the path of the HH-style dialogue fixture (``HH_FIXTURE``).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def patch_load_model(monkeypatch: Any, rows: list[dict[str, Any]]) -> None:
 # and 10% for the second (old: 80%); test_tolerance.py checks that wrong sums fail it.
 U32 = 2.0**-24
 KAPPA = 64
-HH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "hh_rlhf" / "harmless-base-test-first40.jsonl"
+HH_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "dialogues" / "hh_style.jsonl"
 
 #: the columns compared by value, and the integer/exact ones compared by equality
 CLOSE_COLUMNS = ("ches", "ln_ches", "dot_chosen_rejected", "sq_norm_chosen", "sq_norm_rejected",

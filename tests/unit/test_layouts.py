@@ -74,8 +74,9 @@ def problem(result: object, status: Status, *words: str) -> None:
         assert word in result.reason, result.reason
 
 
-def test_fixtures_are_up_to_date() -> None:
-    script = ROOT / "scripts" / "make_fixtures.py"
+@pytest.mark.parametrize("maker", ["make_fixtures.py", "make_dialogues.py"])
+def test_fixtures_are_up_to_date(maker: str) -> None:
+    script = ROOT / "scripts" / maker
     done = subprocess.run(
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )

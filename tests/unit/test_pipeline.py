@@ -315,7 +315,9 @@ def test_manifest(score, tmp_path):
     assert manifest["tool"]["name"] == "ches-filter" and manifest["tool"]["version"]
     model = manifest["model"]
     assert model["kind"] == "local" and model["dtype"] == "float32" and model["device"] == "cpu"
-    assert model["chat_template"] is True and model["tokenization"] == "chat template"
+    # the limit is the tiny Llama's context (max_position_embeddings 2048 in conftest), #13 item 4
+    assert model["chat_template"] is True and model["tokenization"] == "chat template, max length 2048"
+    assert model["context"] == 2048 and manifest["options"]["max_length"] == 2048
     assert (
         len(model["tokenizer_fingerprint"]) == 16 and len(model["chat_template_fingerprint"]) == 16
     )
