@@ -274,8 +274,10 @@ def test_malformed_json_line_deep_in_a_file(tiny, tmp_path):
     assert_bad_input(result, "long.jsonl.gz line 1501: invalid JSON")
     assert not (out / "manifest.json").exists()
     assert list((out / "data").glob("*.parquet")) == []
-    # shards written while streaming were never renamed, and the failed run removed them
-    assert list((out / "data").iterdir()) == []
+    # the rows scored before the bad line are kept (#13 item 6) in complete files that keep
+    # their .tmp names: never renamed, so nothing looks finished
+    assert list((out / "data").glob(".*.tmp"))
+    assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in (out / "data").iterdir())
 
 
 def test_interrupt_exits_130_and_leaves_no_complete_output(tiny, tmp_path, monkeypatch):
