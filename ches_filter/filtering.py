@@ -13,6 +13,7 @@ No model is loaded on scores: changing K costs a read of a few numeric columns, 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -299,6 +300,9 @@ def filter_dataset(
     removed_path = Path(removed) if removed is not None else None
     overwrite = bool(filter_options.get("overwrite", False))
     _check_paths(scores_output, output, removed_path, scoring=True)
+    given = Path(os.path.expanduser(str(dataset)))
+    check_not_input({"--output": output, "--removed": removed_path, "--scores-output": scores_output},
+                    [given] if given.exists() else [])
     check_output_dir(output, overwrite=overwrite)
     if removed_path is not None:
         check_output_dir(removed_path, overwrite=overwrite)

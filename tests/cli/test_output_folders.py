@@ -111,6 +111,18 @@ def test_filter_refuses_outputs_inside_the_scores_or_each_other(tmp_path):
     assert files_under(scores) == before
 
 
+@pytest.mark.parametrize("option", ["-o", "--removed", "--scores-output"])
+def test_filter_of_a_dataset_refuses_outputs_inside_it(no_model_load, tmp_path, option):
+    data = tmp_path / "mydata"
+    parquet_input(data)
+    before = files_under(data)
+    args = {"-o": ["-o", data / "kept"], "--removed": ["-o", tmp_path / "kept", "--removed", data],
+            "--scores-output": ["-o", tmp_path / "kept", "--scores-output", data / "s"]}[option]
+    result = invoke("filter", data, "--top-k", "1", "--overwrite", *args)
+    assert_refused(result, f"{option if option != '-o' else '--output'} ", "the input")
+    assert files_under(data) == before
+
+
 def test_report_files_never_replace_part_of_the_scores(tmp_path):
     scores = make_score_output(tmp_path / "scores", n=10, n_shards=2)
     manifest = (scores / "manifest.json").read_bytes()
