@@ -13,7 +13,9 @@ No model is loaded on scores: changing K costs a read of a few numeric columns, 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .data.folders import check_apart, check_not_input, folder_kind, interrupted_error
+from .data.lock import FolderLock
 from .data.manifest import FilterManifest, environment, write_manifest
 
 # Re-exported (``X as X``): these lived here before data/score_folder.py.
@@ -78,19 +82,14 @@ class FilterResult:
         return self.selection.counts()
 
 
-def _check_paths(scores: Path, output: Path, removed: Path | None) -> None:
-    def same(a: Path, b: Path) -> bool:
-        return a.resolve() == b.resolve()
-
-    if same(scores, output):
-        raise OutputError(
-            "--output is the scores folder itself", hint="write the filtered dataset elsewhere"
-        )
-    if removed is not None:
-        if same(scores, removed):
-            raise OutputError("--removed is the scores folder itself")
-        if same(output, removed):
-            raise OutputError("--removed and --output must be different folders")
+def _check_paths(scores: Path, output: Path, removed: Path | None, *, scoring: bool = False) -> None:
+    """No output is, holds or lies inside the scores folder (the input, or with ``scoring`` the
+    scores to be written), and the outputs don't overlap (symlinks resolved)."""
+    outputs: dict[str, Path | None] = {"--output": output, "--removed": removed}
+    if scoring:
+        check_apart({**outputs, "--scores-output": scores}, {})
+    else:
+        check_apart(outputs, {"the scores folder": scores})
 
 
 def filter_scores(
@@ -122,8 +121,40 @@ def filter_scores(
     emit = log or (lambda _msg: None)
     if batch_size < 1:
         raise OptionError("batch size must be at least 1")
-    folder = ScoreFolder.open(scores)
+    folder = ScoreFolder.open(scores, log=emit)
     _check_paths(scores, output, removed_path)
+    check_output_dir(output, overwrite=overwrite)
+    if removed_path is not None:
+        check_output_dir(removed_path, overwrite=overwrite)
+    with FolderLock.acquire(output, command=command, log=emit), (
+        FolderLock.acquire(removed_path, command=command, log=emit)
+        if removed_path is not None
+        else nullcontext()
+    ):
+        return _filter_locked(
+            folder, output=output, rule=rule, keep_unscored=keep_unscored,
+            keep_scores=keep_scores, removed_path=removed_path, overwrite=overwrite,
+            report=report, report_top=report_top, rows_per_shard=rows_per_shard,
+            batch_size=batch_size, command=command, emit=emit,
+        )
+
+
+def _filter_locked(
+    folder: ScoreFolder,
+    *,
+    output: Path,
+    rule: Rule,
+    keep_unscored: bool,
+    keep_scores: bool,
+    removed_path: Path | None,
+    overwrite: bool,
+    report: bool,
+    report_top: int,
+    rows_per_shard: int,
+    batch_size: int,
+    command: str | None,
+    emit: Log,
+) -> FilterResult:
     prepare_output_dir(output, overwrite=overwrite)
     if removed_path is not None:
         prepare_output_dir(removed_path, overwrite=overwrite)
@@ -168,8 +199,9 @@ def filter_scores(
                 removed_writer.write_table(rows.filter(pc.invert(keep)))
         if offset != expected_ids.size:
             raise DatasetError(f"the shards under {folder.path} changed while filtering")
-        kept_paths = kept_writer.close()
-        removed_paths = removed_writer.close() if removed_writer is not None else []
+        kept_writer.close()
+        if removed_writer is not None:
+            removed_writer.close()
     except BaseException:  # interrupted or failed: no shard is renamed to look complete
         kept_writer.abort()
         if removed_writer is not None:
@@ -199,11 +231,11 @@ def filter_scores(
             "created_at": folder.manifest.get("created_at"),
             "schema_version": folder.manifest.get("schema_version", 0),
         },
-        shards=[str(p.relative_to(output)) for p in kept_paths],
+        shards=kept_writer.entries,
         removed=(
             {
                 "path": str(removed_path.resolve()),
-                "shards": [str(p.relative_to(removed_path)) for p in removed_paths],
+                "shards": removed_writer.entries if removed_writer is not None else [],
             }
             if removed_path is not None
             else None
@@ -258,6 +290,7 @@ def filter_dataset(
     input with the same model and options, it is reused, not rescored; when it holds other
     scores, ``overwrite_scores`` replaces them (otherwise an OutputError says so).
     """
+    from .data.folders import input_paths
     from .pipeline import existing_result, plan_scoring, run_scoring
 
     emit = log or (lambda _msg: None)
@@ -266,7 +299,10 @@ def filter_dataset(
     removed = filter_options.pop("removed", None)
     removed_path = Path(removed) if removed is not None else None
     overwrite = bool(filter_options.get("overwrite", False))
-    _check_paths(scores_output, output, removed_path)
+    _check_paths(scores_output, output, removed_path, scoring=True)
+    given = Path(os.path.expanduser(str(dataset)))
+    check_not_input({"--output": output, "--removed": removed_path, "--scores-output": scores_output},
+                    [given] if given.exists() else [])
     check_output_dir(output, overwrite=overwrite)
     if removed_path is not None:
         check_output_dir(removed_path, overwrite=overwrite)
@@ -275,6 +311,8 @@ def filter_dataset(
         dataset, output=scores_output, overwrite=overwrite_scores or existing,
         **{k: v for k, v in (scoring or {}).items() if v is not None},
     )
+    check_not_input({"--output": output, "--removed": removed_path},
+                    input_paths(str(dataset), plan.source))
     if existing and plan.output_holds_these_scores():
         emit(f"reusing the scores in {scores_output} (same input, model and options)")
         existing_result(plan)
@@ -308,7 +346,10 @@ def filter_input(
     """
     emit = log or (lambda _msg: None)
     scoring = {k: v for k, v in (scoring or {}).items() if v is not None}
-    if has_score_shards(source):
+    kind = folder_kind(source)
+    if kind == "interrupted":
+        raise interrupted_error(Path(source), what="nothing to filter")
+    if kind == "scores" or has_score_shards(source):
         given = [f"--{k.replace('_', '-')}" for k in scoring]
         if scores_output is not None:
             given.append("--scores-output")

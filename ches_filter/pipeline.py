@@ -41,7 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ches_filter import score_registry
+from ches_filter.data.folders import check_not_input, input_paths
 from ches_filter.data.layouts import Layout, LayoutOptions, detect_layout
+from ches_filter.data.lock import FolderLock
 from ches_filter.data.manifest import ScoreManifest, environment, read_manifest, write_manifest
 from ches_filter.data.score_folder import (
     ScoreFolder,
@@ -418,6 +420,7 @@ def plan_scoring(
         check_max_length(options.max_length, config_context(resolved, spec))
     pick_device(spec.device)  # a bad or unavailable --device fails before the model loads
     output = Path(output)
+    check_not_input({"--output": output}, input_paths(str(dataset), source))
     check_output_dir(output, overwrite=overwrite)
     return ScorePlan(
         dataset=str(dataset),
@@ -542,10 +545,22 @@ def run_scoring(
     progress: Callable[[Progress], None] | None = None,
     loaded: LoadedModel | None = None,
 ) -> ScoreResult:
-    """Carry out ``plan``: empty the output folder, load the model (unless ``loaded`` is given),
-    stream the windows through the steps, then write the manifest and read the summary back
-    from the shards."""
+    """Carry out ``plan``: lock and empty the output folder, load the model (unless ``loaded``
+    is given), stream the windows through the steps, then write the manifest and read the
+    summary back from the shards. The folder's lock (:class:`~ches_filter.data.lock.FolderLock`)
+    is held until the manifest is written, whatever happens."""
     log = log or (lambda message: None)
+    with FolderLock.acquire(plan.output, command=" ".join(plan.command), log=log):
+        return _run_locked(plan, log=log, progress=progress, loaded=loaded)
+
+
+def _run_locked(
+    plan: ScorePlan,
+    *,
+    log: Log,
+    progress: Callable[[Progress], None] | None,
+    loaded: LoadedModel | None,
+) -> ScoreResult:
     prepare_output_dir(plan.output, overwrite=plan.overwrite)
     if loaded is None:
         loaded = load_model(plan.spec, log=log)
@@ -660,7 +675,7 @@ def run_scoring(
             "tokenizer_workers": workers,
         },
         timing=timing,
-        shards=[str(path.relative_to(plan.output)) for path in shards],
+        shards=writer.entries,
         schema={name: str(plan.schema.field(name).type) for name in plan.schema.names},
         plan_fingerprint=plan.fingerprint(),
     )

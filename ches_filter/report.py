@@ -18,6 +18,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import score_registry
+from .data.folders import check_report_file, folder_kind
 from .data.manifest import FilterManifest, read_manifest
 from .data.score_folder import (
     ScoreFolder,
@@ -487,7 +489,7 @@ def report_for(
             filter_info = manifest.to_dict()
             source = Path(scores_path)
             rule = Rule.from_dict(manifest.rule)
-    folder = ScoreFolder.open(source)
+    folder = ScoreFolder.open(source, log=log)
     table = folder.read_score_table()
     selection = None
     if filter_info is not None and rule is not None:
@@ -500,11 +502,24 @@ def report_for(
     )
 
 
-def check_report_targets(targets: Iterable[Path | None]) -> None:
-    """Raise an OutputError for a report file that could not be written (before any work)."""
+def check_report_targets(targets: Iterable[Path | None], scores: Path | str | None = None) -> None:
+    """Raise an OutputError for a report file that could not be written (before any work), or
+    that would replace part of the folder the report reads (``scores``: its manifest, lock or
+    a file under its ``data/``; and, for a filter output, of the scores folder it names)."""
+    folders = []
+    if scores is not None:
+        folders.append(Path(scores))
+        if folder_kind(scores) == "filter":
+            with suppress(ChesError):
+                manifest = read_manifest(scores)
+                if isinstance(manifest, FilterManifest) and manifest.scores.get("path"):
+                    folders.append(Path(manifest.scores["path"]))
     for target in targets:
-        if target is not None and not Path(target).parent.is_dir():
+        if target is None:
+            continue
+        if not Path(target).parent.is_dir():
             raise OutputError(f"cannot write {target}: no folder {Path(target).parent}")
+        check_report_file(Path(target), folders)
 
 
 def write_report(data: dict[str, Any], target: Path | str, fmt_name: str) -> Path:

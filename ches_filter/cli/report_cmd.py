@@ -44,7 +44,7 @@ def report_command(
     from ches_filter.report import check_report_targets, render_terminal, report_for, write_report
 
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-    check_report_targets([html, markdown, json_out])
+    check_report_targets([html, markdown, json_out], scores=scores)
     data = report_for(
         scores, top=top, by=by.value, device=device, log=lambda msg: stderr.print(msg, markup=False),
         highlight="auto" if highlight is None else ("on" if highlight else "off"),

@@ -131,7 +131,8 @@ class ScoreManifest(_Manifest):
     counts: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)
-    shards: list[str] = field(default_factory=list)
+    #: one ``{"path", "rows", "bytes", "sha256"}`` per shard (plain paths before checksums)
+    shards: list[Any] = field(default_factory=list)
     schema: dict[str, str] = field(default_factory=dict)
     #: SHA-256 over what decided the scores (``ches_filter.pipeline.ScorePlan.fingerprint``)
     plan_fingerprint: str | None = None
@@ -153,7 +154,7 @@ class FilterManifest(_Manifest):
     counts: dict[str, Any] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
-    shards: list[str] = field(default_factory=list)
+    shards: list[Any] = field(default_factory=list)  # as in ScoreManifest
     removed: dict[str, Any] | None = None
     report: dict[str, str] | None = None
 

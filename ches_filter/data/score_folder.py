@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ches_filter.data.folders import folder_kind, interrupted_error, verify_shards
+from ches_filter.data.lock import live_holder
 from ches_filter.data.manifest import read_manifest
 from ches_filter.data.shards import DATA_DIR, MANIFEST_NAME, SCORE_COLUMNS
 from ches_filter.errors import DatasetError, OutputError
@@ -37,7 +39,10 @@ def has_score_shards(path: Path | str) -> bool:
     shards = shard_paths(Path(path))
     if not shards:
         return False
-    names = set(pq.read_schema(shards[0]).names)
+    try:
+        names = set(pq.read_schema(shards[0]).names)
+    except (OSError, ValueError):  # a damaged shard: ScoreFolder.open names it
+        return (Path(path) / MANIFEST_NAME).is_file()
     return all(column in names for column in SCORE_COLUMNS)
 
 
@@ -68,21 +73,41 @@ class ScoreFolder:
     split: str
 
     @classmethod
-    def open(cls, path: Path | str) -> ScoreFolder:
+    def open(
+        cls, path: Path | str, *, checksum: bool = True, log: Callable[[str], None] | None = None
+    ) -> ScoreFolder:
+        """Open and check a score folder: its manifest, and every shard the manifest lists
+        (present, its size and row count, and its SHA-256 unless ``checksum`` is False; see
+        :func:`~ches_filter.data.folders.verify_shards`). A DatasetError names what is wrong:
+        an interrupted run, a folder still being written, a missing or damaged shard."""
         path = Path(path)
         if not path.is_dir():
             raise DatasetError(f"no such scores folder: {path}")
-        shards = shard_paths(path)
+        holder = live_holder(path)
+        if holder is not None:
+            raise DatasetError(
+                f"{path} is still being written by {holder.describe()}",
+                hint="wait for that run to finish",
+            )
+        if not (path / MANIFEST_NAME).is_file():
+            if folder_kind(path) == "interrupted" or shard_paths(path) or (path / DATA_DIR).is_dir():
+                raise interrupted_error(path, what="its scores are incomplete")
+            raise DatasetError(
+                f"no score shards under {path / DATA_DIR}", hint="run `ches score` first"
+            )
+        manifest = read_manifest(path).to_dict()
+        listed = manifest.get("shards") or []
+        if listed:
+            shards = verify_shards(path, listed, checksum=checksum, log=log)
+        else:
+            shards = shard_paths(path)
+            if log is not None:
+                log(f"note: {path / MANIFEST_NAME} lists no shards; reading those under "
+                    f"{path / DATA_DIR} unchecked")
         if not shards:
             raise DatasetError(
                 f"no score shards under {path / DATA_DIR}", hint="run `ches score` first"
             )
-        if not (path / MANIFEST_NAME).is_file():
-            raise DatasetError(
-                f"{path} has shards but no {MANIFEST_NAME}: an interrupted or foreign output",
-                hint="rerun `ches score` into a fresh --output",
-            )
-        manifest = read_manifest(path).to_dict()
         schema = pq.read_schema(shards[0])
         missing = [c for c in SCORE_COLUMNS if c not in schema.names]
         if missing:
@@ -119,7 +144,8 @@ class ScoreFolder:
         )
 
     def read_columns(self, columns: list[str]) -> pa.Table:
-        return read_scores(self.path, columns=columns)
+        """``columns`` of every row, from the checked shards."""
+        return pa.concat_tables(pq.read_table(p, columns=columns) for p in self.shards)
 
     def read_score_table(self) -> pa.Table:
         """Every score column of every row (numbers and short strings: no dataset text)."""

@@ -2,14 +2,18 @@
 
 Shards are named like the Hugging Face Hub names them (``data/train-00000-of-00004.parquet``),
 so ``datasets.load_dataset("parquet", data_dir=OUT)`` loads them. The total is only known at the
-end of a stream, so every shard is first written as ``data/.train-00000.parquet.tmp`` and all are
-renamed to their final names by ``close()``: an interrupted run leaves only ``.tmp`` files and
-never a shard that looks complete. Writing happens on a background thread (``ShardWriter``).
+end of a stream, so every shard is first written as ``data/.train-00000.<token>.parquet.tmp``
+(the token is unique to the writer: two runs never share a temp name) and all are renamed to
+their final names by ``close()``: a run that fails removes its ``.tmp`` files, one that is killed
+leaves only ``.tmp`` files, and never a shard that looks complete. Writing happens on a
+background thread (``ShardWriter``). The folder rules (lock, input apart, what a reader checks)
+are in :mod:`ches_filter.data.folders` and :mod:`ches_filter.data.lock`.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ches_filter import score_registry
+from ches_filter.data.folders import DATA_DIR, MANIFEST_NAME, remove_temp_files, sha256_of
+from ches_filter.data.lock import LOCK_NAME, busy_error, live_holder
 from ches_filter.data.values import checker, encode_json_text, json_text_columns, shorten
 from ches_filter.errors import DatasetError, OutputError
 
@@ -30,8 +36,6 @@ SCORE_SCHEMA = pa.schema(
     [pa.field(c.name, pa.type_for_alias(c.dtype), nullable=c.nullable) for c in score_registry.COLUMNS]
 )
 SCORE_COLUMNS: tuple[str, ...] = tuple(SCORE_SCHEMA.names)
-DATA_DIR = "data"
-MANIFEST_NAME = "manifest.json"
 
 
 def output_schema(source_schema: pa.Schema) -> pa.Schema:
@@ -50,12 +54,25 @@ def shard_name(split: str, index: int, total: int) -> str:
     return f"{split}-{index:05d}-of-{total:05d}.parquet"
 
 
+def run_token() -> str:
+    """A token unique to one writer of one run (pid + random), for temp file names."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def check_output_dir(path: Path, *, overwrite: bool) -> None:
-    """Raise an OutputError if ``path`` could not take a fresh set of shards; change nothing."""
+    """Raise an OutputError if ``path`` could not take a fresh set of shards; change nothing.
+
+    A folder whose lock another live run holds is refused (naming the holder) even with
+    ``overwrite``; a lock file alone (a run that died) does not make a folder non-empty.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output {path} exists and is not a folder")
-    if path.exists() and any(path.iterdir()) and not overwrite:
+    if path.is_dir():
+        holder = live_holder(path)
+        if holder is not None:
+            raise busy_error(path, holder)
+    if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()) and not overwrite:
         raise OutputError(
             f"output folder {path} is not empty",
             hint="choose another --output, or pass --overwrite to replace its shards",
@@ -69,13 +86,16 @@ def check_output_dir(path: Path, *, overwrite: bool) -> None:
 
 def prepare_output_dir(path: Path, *, overwrite: bool) -> None:
     """Make ``path`` ready for a fresh set of shards (see :func:`check_output_dir`): with
-    ``overwrite``, the old manifest and shards are removed first."""
+    ``overwrite``, the old manifest, shards and the ``.tmp`` files of runs that died are
+    removed first. Call it holding the folder's lock (:class:`~ches_filter.data.lock.FolderLock`),
+    so that no live run's files are among them."""
     check_output_dir(path, overwrite=overwrite)
     if path.exists() and any(path.iterdir()):
         # Remove what made the old output look complete before anything new is written.
         (path / MANIFEST_NAME).unlink(missing_ok=True)
         for old in (path / DATA_DIR).glob("*.parquet"):
             old.unlink()
+        remove_temp_files(path)
     try:
         (path / DATA_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -85,13 +105,18 @@ def prepare_output_dir(path: Path, *, overwrite: bool) -> None:
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temp file beside ``path``, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write ``payload`` to a temp file beside ``path`` (a name unique to this run), fsync, then
+    rename over ``path``; on failure the temp file is removed."""
+    tmp = path.with_name(f".{path.name}.{run_token()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class ShardWriter:
@@ -105,8 +130,10 @@ class ShardWriter:
     in row groups of up to ``ROW_GROUP_ROWS`` rows as they come, not a whole shard at a time.
     An error in the thread (a row that does not fit the schema, a full disk) is raised by the
     next ``write_rows`` or by ``close``. Use as a context manager (closes on success, aborts on
-    an exception), or call ``abort()`` on failure: the thread then stops and only ``.tmp``
-    files are left.
+    an exception), or call ``abort()`` on failure: the thread then stops and this writer's
+    ``.tmp`` files are removed. After ``close()``, ``entries`` holds what a manifest records of
+    each shard (:func:`ches_filter.data.folders.shard_entry`: path, rows, bytes, SHA-256, the
+    checksum computed on the writer thread as each shard is finished).
     """
 
     ROW_GROUP_ROWS = 4096
@@ -123,6 +150,8 @@ class ShardWriter:
         self.schema = schema
         self.rows_per_shard = rows_per_shard
         self.final_paths: list[Path] = []
+        self.entries: list[dict[str, Any]] = []  # the manifest's record of each final shard
+        self.token = run_token()
         self.rows_written = 0  # rows in shards on disk or in the open shard (writer thread)
         self._json_fields = json_text_columns(schema)  # values written as their JSON text
         self._checks = [(field.name, checker(field.type)) for field in schema]
@@ -133,6 +162,7 @@ class ShardWriter:
         self._shard_rows = 0  # rows in the open shard, written or in _group
         self._shard: tuple[pq.ParquetWriter, Any, Path] | None = None  # writer, handle, tmp path
         self._temp_paths: list[Path] = []
+        self._temp_info: list[tuple[int, int, str]] = []  # rows, bytes, sha256 of each closed shard
         # Owned by the caller:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ches-shards")
         self._pending: deque[Future[None]] = deque()
@@ -193,10 +223,14 @@ class ShardWriter:
         for stale in self.data_dir.glob(f"{self.split}-*-of-*.parquet"):
             stale.unlink()
         total = len(self._temp_paths)
-        for index, tmp in enumerate(self._temp_paths):
+        for index, (tmp, (rows, size, digest)) in enumerate(
+            zip(self._temp_paths, self._temp_info, strict=True)
+        ):
             final = self.data_dir / shard_name(self.split, index, total)
             os.replace(tmp, final)
             self.final_paths.append(final)
+            self.entries.append({"path": f"{DATA_DIR}/{final.name}", "rows": rows, "bytes": size,
+                                 "sha256": digest})
         return self.final_paths
 
     def keep_partial(self) -> list[Path]:
@@ -215,19 +249,26 @@ class ShardWriter:
         return list(self._temp_paths)
 
     def abort(self) -> None:
-        """Stop after the batch being written; nothing is renamed (only ``.tmp`` files remain)."""
+        """Stop after the batch being written; nothing is renamed, and this writer's ``.tmp``
+        files are removed (a full disk is not left full)."""
         if self._closed:
             return
         self._closed = True
         for future in self._pending:
             future.cancel()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        temps = list(self._temp_paths)
         if self._shard is not None:
-            writer, handle, _ = self._shard
+            writer, handle, tmp = self._shard
+            temps.append(tmp)
             with suppress(Exception):
                 writer.close()
+            with suppress(Exception):
                 handle.close()
             self._shard = None
+        for tmp in temps:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _raise_failures(self, *, wait_for: int) -> None:
         """Wait until at most ``wait_for`` batches are pending; raise the first error seen."""
@@ -292,9 +333,14 @@ class ShardWriter:
             self._close_shard()
 
     def _open_shard(self) -> None:
-        tmp = self.data_dir / f".{self.split}-{len(self._temp_paths):05d}.parquet.tmp"
+        tmp = self.data_dir / f".{self.split}-{len(self._temp_paths):05d}.{self.token}.parquet.tmp"
         handle = open(tmp, "wb")  # noqa: SIM115 - closed by _close_shard / abort
-        self._shard = (pq.ParquetWriter(handle, self.schema), handle, tmp)
+        try:
+            self._shard = (pq.ParquetWriter(handle, self.schema), handle, tmp)
+        except BaseException:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _write_group(self) -> None:
         if not self._group:
@@ -313,8 +359,10 @@ class ShardWriter:
         writer.close()
         handle.flush()
         os.fsync(handle.fileno())
+        size = os.fstat(handle.fileno()).st_size
         handle.close()
         self._temp_paths.append(tmp)
+        self._temp_info.append((self._shard_rows, size, sha256_of(tmp)))
         self._shard, self._shard_rows = None, 0
 
     def _as_json_text(self, row: Mapping[str, Any]) -> Mapping[str, Any]:

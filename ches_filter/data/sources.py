@@ -34,6 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ches_filter.data.folders import DATA_DIR, folder_kind, interrupted_error
 from ches_filter.data.values import Location, SchemaInference, TypeConflict, json_text_columns
 from ches_filter.errors import DatasetError, OptionError
 
@@ -851,15 +852,39 @@ def _save_to_disk_source(folder: Path, spec: SourceSpec, **kwargs: Any) -> RowSo
     )
 
 
-def _data_files_under(folder: Path) -> list[Path]:
+def _data_files_under(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """Data files under ``folder``; sub-folders that ches wrote (an output with our manifest or
+    lock, see :func:`~ches_filter.data.folders.folder_kind`) are not data: they are skipped
+    and added to ``skipped``."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_")))
+        if Path(dirpath) != folder and folder_kind(dirpath) is not None:
+            dirnames[:] = []
+            if skipped is not None:
+                skipped.append(Path(dirpath))
+            continue
         for filename in filenames:
             path = Path(dirpath) / filename
             if not filename.startswith((".", "_")) and _format_of(path) is not None:
                 found.append(path)
     return sorted(found)
+
+
+def _listed_shards(folder: Path) -> list[str]:
+    """The shard names a ches output's manifest lists (all under ``data/``)."""
+    from ches_filter.data.manifest import read_manifest
+
+    names = []
+    for entry in read_manifest(folder).get("shards", []):
+        rel = entry if isinstance(entry, str) else entry.get("path", "") if isinstance(entry, dict) else ""
+        names.append(Path(rel).name)
+    if not names:
+        raise DatasetError(f"{folder / 'manifest.json'} lists no shards")
+    for name in names:
+        if not (folder / DATA_DIR / name).is_file():
+            raise DatasetError(f"{folder / DATA_DIR / name} is missing: {folder}/manifest.json lists it")
+    return names
 
 
 def _glob_root(pattern: str) -> Path:
@@ -891,9 +916,24 @@ def _local_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
         )
     path = Path(os.path.expanduser(text))
     if path.is_dir():
+        kind = folder_kind(path)
+        if kind == "interrupted":
+            raise interrupted_error(path, what="not a dataset to score")
+        if kind == "scores":
+            raise DatasetError(
+                f"{path} is a `ches score` output (its manifest.json says so), not a dataset",
+                hint="score the original dataset; to filter these scores, use `ches filter`",
+            )
+        if kind is not None:  # a filter output: its shards are the dataset
+            files = [path / DATA_DIR / name for name in _listed_shards(path)]
+            desc = f"{text} (a `ches filter` output, {len(files)} parquet file(s))"
+            return _LocalSource(
+                spec, files, "parquet", path, description=desc, split=spec.split or "train", **kwargs
+            )
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return _save_to_disk_source(path, spec, **kwargs)
-        files = _data_files_under(path)
+        skipped: list[Path] = []
+        files = _data_files_under(path, skipped)
         if not files:
             raise DatasetError(
                 f"no data files under {path}",
@@ -909,6 +949,8 @@ def _local_source(spec: SourceSpec, **kwargs: Any) -> RowSource:
         desc = f"{text} ({len(files)} {fmt} file{'s' if len(files) != 1 else ''}" + (
             f", split {split})" if split else ")"
         )
+        if skipped:
+            desc += f"; skipped ches output folder(s): {', '.join(_relative(p, path) for p in skipped)}"
         return _LocalSource(
             spec, files, fmt, path, description=desc, split=split or "train", **kwargs
         )

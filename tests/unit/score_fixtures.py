@@ -106,7 +106,7 @@ def synthetic_rows(n: int = 40) -> list[dict[str, Any]]:
     return rows
 
 
-def manifest_for(rows: list[dict[str, Any]], *, shards: list[str], columns: tuple[str, ...],
+def manifest_for(rows: list[dict[str, Any]], *, shards: list[Any], columns: tuple[str, ...],
                  dataset: str = "tests/synthetic") -> dict[str, Any]:
     by_status: dict[str, int] = {}
     for row in rows:
@@ -158,7 +158,8 @@ def make_score_output(
     writer = ShardWriter(path, split="train", schema=output_schema(source_schema),
                          rows_per_shard=per_shard)
     writer.write_rows(rows)
-    shards = [str(p.relative_to(path)) for p in writer.close()]
+    writer.close()
+    shards = writer.entries
     manifest = manifest_for(rows, shards=shards, columns=tuple(source_schema.names), dataset=dataset)
     (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return path

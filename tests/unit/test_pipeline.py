@@ -8,6 +8,7 @@ The real SmolLM2 checks the numbers on a few HH-RLHF pairs against ``reference.p
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,10 @@ def test_manifest(score, tmp_path):
     }  # fmt: skip
     assert manifest["engine"]["forward_calls"] >= 1 and manifest["engine"]["sequences"] == 2
     assert {"load_s", "scoring_s", "total_s"} <= set(manifest["timing"])
-    assert manifest["shards"] == ["data/train-00000-of-00001.parquet"]
+    shard = tmp_path / "out" / "data" / "train-00000-of-00001.parquet"
+    assert manifest["shards"] == [{  # each shard with its rows, size and checksum, computed apart
+        "path": "data/train-00000-of-00001.parquet", "rows": pq.read_metadata(shard).num_rows,
+        "bytes": shard.stat().st_size, "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()}]
     assert manifest["convention"] == "default"
     # no stray files: shards, manifest, nothing half-written
     files = sorted(
